@@ -1,0 +1,132 @@
+"""The job's configuration: one frozen object, built once from the command line, validated here.
+
+Layered by concern (data / model / training / output) like the Model Garden's task/trainer/runtime
+split. Every default lives in this file with the reason for it; entrypoint.py only maps flags and
+environment variables onto these fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from job.errors import ConfigError
+
+DATA_FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # A folder or prefix holding train.* and validation.*/dev.* (files or folders of shards).
+    data: str | None = None
+    # Explicit split locations; each overrides what --data would find.
+    train: str | None = None
+    validation: str | None = None
+    # Column names, or 0-based positions when header=False.
+    text_column: str = "text"
+    text_pair_column: str | None = None  # second text for sentence-pair tasks (NLI, paraphrase)
+    label_column: str = "label"
+    header: bool = True
+    data_format: str = "auto"  # auto: from the file extension (.csv .tsv .jsonl/.json .parquet)
+    # Carved from train with `seed` when no validation split exists: 10% is the usual hold-out.
+    validation_fraction: float = 0.1
+    # Cap on training rows (after shuffling with `seed`): quick experiments, demos, benchmarks.
+    max_train_examples: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    # Hub id, local directory or gs:// directory of a pretrained checkpoint.
+    model: str = ""
+    # Inferred from the training labels unless given (then labels must be ids below it).
+    num_labels: int | None = None
+    # Truncation length in tokens; 128 covers most sentence-level classification data.
+    max_length: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    # Per device; the global batch is this times the number of replicas.
+    per_replica_batch_size: int = 32
+    # Peak learning rate after warm-up; 2e-5..1e-4 is the usual range for BERT-sized models.
+    learning_rate: float = 5e-5
+    # Fraction of all steps spent warming up linearly from 0 before the linear decay to 0.
+    warmup_ratio: float = 0.1
+    # Decoupled (AdamW) weight decay; not applied to biases and LayerNorm weights.
+    weight_decay: float = 0.01
+    seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    # Where the finished run is published (local folder or gs:// prefix).
+    output: str = ""
+    # Replace a completed run already at `output` instead of refusing.
+    overwrite: bool = False
+    # Local scratch for downloads, staging and caches; a temp folder when empty.
+    work_dir: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    output: OutputConfig
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _positive(name: str, value: float | int | None) -> None:
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise ConfigError(f"--{name} must be greater than 0, got {value}")
+
+
+def validate(cfg: JobConfig) -> None:
+    """Reject settings that cannot work, before any data or model is touched."""
+    d, m, t, o = cfg.data, cfg.model, cfg.train, cfg.output
+    if not (d.data or d.train):
+        raise ConfigError("no training data: pass --data (a folder with train.*) or --train (a file or folder)")
+    if not m.model:
+        raise ConfigError("no model: pass --model (a hub id, a local directory or a gs:// directory)")
+    if not o.output:
+        raise ConfigError("no output: pass --output (a local folder or a gs:// prefix)")
+    if d.data_format not in DATA_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(DATA_FORMATS)}, got {d.data_format!r}")
+    if not 0 < d.validation_fraction < 1:
+        raise ConfigError(f"--validation-fraction must be between 0 and 1 (exclusive), got {d.validation_fraction}")
+    _positive("max-train-examples", d.max_train_examples)
+    _positive("max-length", m.max_length)
+    _positive("epochs", t.epochs)
+    _positive("per-replica-batch-size", t.per_replica_batch_size)
+    _positive("learning-rate", t.learning_rate)
+    if m.num_labels is not None and m.num_labels < 2:
+        raise ConfigError(f"--num-labels must be at least 2 for classification, got {m.num_labels}")
+    if not 0 <= t.warmup_ratio < 1:
+        raise ConfigError(f"--warmup-ratio must be in [0, 1), got {t.warmup_ratio}")
+    if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):
+        raise ConfigError(f"--weight-decay must be 0 or more, got {t.weight_decay}")
+    if not d.header:
+        for flag, col in (("text-column", d.text_column), ("label-column", d.label_column),
+                          ("text-pair-column", d.text_pair_column)):
+            if col is not None and not col.isdigit():
+                raise ConfigError(f"with --no-header, --{flag} must be a 0-based column position, got {col!r}")
+    _check_output_not_inside_input(cfg)
+
+
+def _norm(uri: str) -> str:
+    return uri.rstrip("/") + "/"
+
+
+def _check_output_not_inside_input(cfg: JobConfig) -> None:
+    # Writing a run into the folder we read from would feed our own outputs back as data next time.
+    out = _norm(cfg.output.output)
+    for flag, src in (("data", cfg.data.data), ("train", cfg.data.train), ("validation", cfg.data.validation)):
+        if src and out.startswith(_norm(src)):
+            raise ConfigError(f"--output {cfg.output.output} lies inside --{flag} {src}: choose an output outside the input")

@@ -1,0 +1,324 @@
+"""Data: find the splits, read CSV/TSV/JSON Lines/Parquet shards, validate, map labels to ids.
+
+Everything here is checked before a model is loaded, so bad data fails in seconds with one line
+that names the file, the row and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from job import storage
+from job.config import DataConfig
+from job.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# Split names recognised under --data: `train.csv`, `train-00001.parquet`, `train/…`, `dev.tsv`.
+SPLIT_PATTERN = re.compile(r"^(train|validation|valid|val|dev)(?:[-_.][^/]*)?$", re.IGNORECASE)
+SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
+                 "dev": "validation"}
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "tsv", ".jsonl": "jsonl",
+              ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass(frozen=True)
+class Split:
+    texts: tuple[str, ...]
+    pairs: tuple[str, ...] | None  # second text per row, for sentence-pair tasks
+    labels: np.ndarray  # int32 class ids
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, idx: np.ndarray) -> "Split":
+        return Split(tuple(self.texts[i] for i in idx),
+                     tuple(self.pairs[i] for i in idx) if self.pairs is not None else None,
+                     self.labels[idx])
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    train: Split
+    validation: Split
+    label_names: tuple[str, ...]
+    validation_source: str  # "file" or "carved from train"
+    sources: dict  # split -> list of files read
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def fingerprint(self, split: str = "validation") -> str:
+        """A hash of a split's content, so runs can tell whether they were scored on the same data."""
+        s = getattr(self, split)
+        h = hashlib.sha256()
+        for i in range(len(s)):
+            pair = s.pairs[i] if s.pairs is not None else ""
+            h.update(f"{s.texts[i]}\x1f{pair}\x1f{self.label_names[s.labels[i]]}\x1e".encode())
+        return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Locating splits
+
+def locate_splits(cfg: DataConfig) -> dict[str, tuple[str, list[storage.RemoteFile]]]:
+    """split name -> (base uri, files). Explicit --train/--validation win over --data's convention."""
+    found: dict[str, tuple[str, list[storage.RemoteFile]]] = {}
+    if cfg.data:
+        by_split: dict[str, list[storage.RemoteFile]] = {}
+        for f in storage.list_files(cfg.data):
+            first = f.relative.split("/", 1)[0]
+            m = SPLIT_PATTERN.match(first)
+            if m:
+                by_split.setdefault(SPLIT_ALIASES[m.group(1).lower()], []).append(f)
+        for split, files in by_split.items():
+            found[split] = (cfg.data, files)
+        if "train" not in found and not cfg.train:
+            raise DataError(f"no training split under {cfg.data}: expected train.* files or a train/ folder "
+                            "(or pass --train)")
+    for split, uri in (("train", cfg.train), ("validation", cfg.validation)):
+        if uri:
+            found[split] = (uri, storage.list_files(uri))
+    for split, (uri, files) in found.items():
+        if not files:
+            raise DataError(f"the {split} split at {uri} has no files")
+    return found
+
+
+def file_format(path: str, configured: str) -> str:
+    if configured != "auto":
+        return configured
+    name = path.lower().removesuffix(".gz")
+    for ext, fmt in EXTENSIONS.items():
+        if name.endswith(ext):
+            return fmt
+    raise DataError(f"cannot tell the format of {path} from its name: pass --format csv|tsv|jsonl|parquet")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading one file into a frame of strings
+
+def _decode(path: Path, shown: str) -> str:
+    raw = path.read_bytes()
+    if shown.lower().endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{shown} is not a valid gzip file ({exc})") from None
+    try:
+        # utf-8-sig drops a byte-order mark that spreadsheet exports put first.
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{shown} is not UTF-8 (invalid byte 0x{raw[exc.start]:02x} on line {line}): "
+                        "re-save it as UTF-8") from None
+
+
+def read_table(path: Path, shown: str, fmt: str, header: bool) -> pd.DataFrame:
+    """Read one file as a frame of str/object columns; never guesses NaN from text like 'NA'."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+        try:
+            frame = pq.read_table(path).to_pandas()
+        except Exception as exc:
+            raise DataError(f"{shown} is not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+        if not header:
+            frame.columns = [str(i) for i in range(frame.shape[1])]
+        return frame
+    text = _decode(path, shown)
+    if not text.strip():
+        raise DataError(f"{shown} is empty")
+    if fmt == "jsonl":
+        if not header:
+            raise ConfigError("--no-header applies to CSV and TSV only; JSON Lines rows name their fields")
+        return _read_jsonl(text, shown)
+    # TSV has no quoting convention (SST-2 and friends contain bare quotes); CSV follows RFC 4180.
+    options = dict(sep="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else dict(sep=",")
+    try:
+        frame = pd.read_csv(io.StringIO(text), header=0 if header else None, dtype=str,
+                            keep_default_na=False, na_filter=False, engine="c", **options)
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{shown} is not valid {fmt.upper()}: {str(exc).strip()}; check the delimiter (--format)") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{shown} is empty") from None
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def _read_jsonl(text: str, shown: str) -> pd.DataFrame:
+    rows = []
+    # Split on \n only: str.splitlines() also breaks on U+0085 and U+2028, which occur inside texts.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{shown} line {number} is not JSON ({exc.msg}); expected one object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{shown} line {number} is a JSON {type(row).__name__}, expected an object per line")
+        rows.append(row)
+    return pd.DataFrame.from_records(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Columns, texts and labels
+
+def _column(frame: pd.DataFrame, name: str, flag: str, shown: str) -> pd.Series:
+    if name in frame.columns:
+        return frame[name]
+    cols = list(frame.columns)
+    hint = ""
+    if len(cols) == 1:
+        only = cols[0]
+        for sep, fmt in (("\t", "tsv"), (",", "csv"), (";", "csv with ';'")):
+            if sep in only:
+                hint = f"; the file seems to use another delimiter: try --format {fmt.split()[0]}"
+                break
+    raise DataError(f"{shown} has no column {name!r} (columns: {', '.join(map(repr, cols[:10]))}): "
+                    f"set --{flag}{hint}")
+
+
+def _texts(col: pd.Series, flag: str, shown: str, header: bool) -> list[str]:
+    out = []
+    for i, v in enumerate(col.tolist()):
+        if not isinstance(v, str) or not v.strip():
+            row = i + (2 if header else 1)
+            what = "missing" if v is None or (isinstance(v, float) and np.isnan(v)) else \
+                ("not text" if not isinstance(v, str) else "empty")
+            raise DataError(f"{shown} row {row}: {what} value in the {flag.removesuffix('-column')} column; "
+                            "remove or fill such rows")
+        out.append(v)
+    return out
+
+
+def _label_strings(col: pd.Series, shown: str, header: bool) -> list[str]:
+    out = []
+    for i, v in enumerate(col.tolist()):
+        if isinstance(v, (bool, np.bool_)):
+            v = str(v).lower()
+        elif isinstance(v, (int, np.integer)):
+            v = str(int(v))
+        elif isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+            v = str(int(v))
+        elif isinstance(v, str):
+            v = v.strip()
+        else:
+            v = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+        if not v:
+            row = i + (2 if header else 1)
+            raise DataError(f"{shown} row {row}: missing label; every row needs one")
+        out.append(v)
+    return out
+
+
+@dataclass(frozen=True)
+class RawSplit:
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[str]
+
+
+def read_split(paths: list[Path], shown: list[str], cfg: DataConfig) -> RawSplit:
+    texts, pairs, labels = [], [] if cfg.text_pair_column else None, []
+    for path, name in zip(paths, shown):
+        frame = read_table(path, name, file_format(name, cfg.data_format), cfg.header)
+        if frame.shape[0] == 0:
+            raise DataError(f"{name} has a header but no rows")
+        texts += _texts(_column(frame, cfg.text_column, "text-column", name), "text-column", name, cfg.header)
+        if pairs is not None:
+            pairs += _texts(_column(frame, cfg.text_pair_column, "text-pair-column", name),
+                            "text-pair-column", name, cfg.header)
+        labels += _label_strings(_column(frame, cfg.label_column, "label-column", name), name, cfg.header)
+    return RawSplit(texts, pairs, labels)
+
+
+def encode_labels(train: list[str], validation: list[str] | None, num_labels: int | None
+                  ) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """Label strings -> ids and the id order's names.
+
+    Integer labels sort numerically, others lexicographically, so the mapping is the same for
+    every run on the same label set (0/1 stays 0/1; -1/1 becomes 0/1 named "-1"/"1"). With an
+    explicit --num-labels, integer labels are taken as ids and must lie below it.
+    """
+    every = set(train) | set(validation or [])
+    integers = all(_INT.match(v) for v in every)
+    # "01" and "1" are the same integer class.
+    canon = (lambda v: str(int(v))) if integers else (lambda v: v)
+    classes = {canon(v) for v in train}
+    if num_labels is not None and integers:
+        bad = sorted(int(v) for v in every if not 0 <= int(v) < num_labels)
+        if bad:
+            raise DataError(f"label {bad[0]} is outside 0..{num_labels - 1} (--num-labels {num_labels}); "
+                            "fix the data or --num-labels")
+        names = tuple(str(i) for i in range(num_labels))
+    else:
+        names = tuple(sorted(classes, key=int) if integers else sorted(classes))
+        if num_labels is not None and len(names) != num_labels:
+            raise DataError(f"the training data has {len(names)} distinct labels but --num-labels is {num_labels}; "
+                            "drop --num-labels to infer it")
+    if len(classes) < 2:
+        raise DataError(f"the training data has a single class ({next(iter(classes))!r}); "
+                        "classification needs at least 2")
+    index = {n: i for i, n in enumerate(names)}
+
+    def ids(values: list[str], split: str) -> np.ndarray:
+        out = np.empty(len(values), dtype=np.int32)
+        for i, v in enumerate(values):
+            key = canon(v)
+            if key not in index:
+                raise DataError(f"{split} label {v!r} is not among the training labels "
+                                f"({', '.join(names[:10])}); fix the data or check the splits")
+            out[i] = index[key]
+        return out
+
+    return ids(train, "training"), (ids(validation, "validation") if validation is not None else None), names
+
+
+# --------------------------------------------------------------------------------------------
+# The whole step
+
+def load(cfg: DataConfig, num_labels: int | None, seed: int, scratch: Path) -> LabelledData:
+    splits = locate_splits(cfg)
+    raw: dict[str, RawSplit] = {}
+    sources = {}
+    for split, (base, files) in splits.items():
+        local = storage.fetch(files, base, scratch / split)
+        shown = [f.uri for f in files]
+        sources[split] = shown
+        raw[split] = read_split(local, shown, cfg)
+        log.info("read %s split: %d rows from %d file(s) at %s", split, len(raw[split].texts), len(files), base)
+    tr, va = raw["train"], raw.get("validation")
+    train_ids, val_ids, names = encode_labels(tr.labels, va.labels if va else None, num_labels)
+    train = Split(tuple(tr.texts), tuple(tr.pairs) if tr.pairs is not None else None, train_ids)
+    rng = np.random.default_rng(seed)
+    if va is not None:
+        validation, source = Split(tuple(va.texts), tuple(va.pairs) if va.pairs is not None else None, val_ids), "file"
+    else:
+        if len(train) < 2:
+            raise DataError("the training split has fewer than 2 rows: cannot carve a validation split from it")
+        order = rng.permutation(len(train))
+        n_val = min(max(1, round(len(train) * cfg.validation_fraction)), len(train) - 1)
+        validation, train = train.take(order[:n_val]), train.take(np.sort(order[n_val:]))
+        source = f"carved from train ({cfg.validation_fraction:.0%}, seed {seed})"
+        log.info("no validation split found: %s", source)
+    if cfg.max_train_examples and cfg.max_train_examples < len(train):
+        train = train.take(np.sort(rng.permutation(len(train))[: cfg.max_train_examples]))
+    if len(set(train.labels.tolist())) < 2:
+        raise DataError("after carving validation and --max-train-examples, training holds a single class: "
+                        "use more rows")
+    return LabelledData(train, validation, names, source, sources)
