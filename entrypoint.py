@@ -31,8 +31,8 @@ log = logging.getLogger("finetune-job")
 DATA, MODEL, TRAIN, OUT = "Data", "Model", "Training", "Output"
 
 
-def _opt(envvar: str, help: str, panel: str, **kw):
-    return typer.Option(envvar=envvar, help=help, rich_help_panel=panel, **kw)
+def _opt(envvar: str, help: str, panel: str, *names: str):
+    return typer.Option(*names, envvar=envvar, help=help, rich_help_panel=panel)
 
 
 @app.command()

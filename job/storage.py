@@ -13,10 +13,11 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from job.errors import BadInputError, DataError, OutputExistsError, TransientError
 
@@ -205,13 +206,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_manifest(staging: Path, extra: dict | None = None) -> dict:
+def build_manifest(staging: Path) -> dict:
     files = []
     for p in sorted(staging.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
             files.append({"path": p.relative_to(staging).as_posix(), "size": p.stat().st_size,
                           "sha256": sha256_file(p)})
-    return {"complete": True, "files": files, **(extra or {})}
+    return {"complete": True, "files": files}
 
 
 def read_manifest(output_uri: str) -> dict | None:
@@ -241,40 +242,53 @@ def _gcs_key(prefix: str, relative: str) -> str:
     return f"{prefix.rstrip('/')}/{relative}" if prefix.strip("/") else relative
 
 
-def publish(staging: Path, output_uri: str, overwrite: bool, manifest_extra: dict | None = None) -> dict:
+def publish(staging: Path, output_uri: str, overwrite: bool,
+            finalize: Callable[[float], list[str]] | None = None) -> dict:
     """Publish the finished run in `staging` at `output_uri`; the manifest is written last.
 
     A reader who sees `manifest.json` sees a whole run. Without `overwrite`, an existing
     completed run is never touched: on gs:// the manifest is created with a create-only
-    precondition, so of two runs racing for one output exactly one wins.
+    precondition, so of two runs racing for one output exactly one wins. `finalize(seconds)`
+    runs after the bulk transfer (to record its duration) and names the staged files it rewrote.
     """
-    manifest = build_manifest(staging, manifest_extra)
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (staging / MANIFEST).unlink(missing_ok=True)
     if is_gcs(output_uri):
-        _publish_gcs(staging, output_uri, overwrite, manifest)
-    else:
-        _publish_local(staging, Path(output_uri).expanduser(), overwrite)
+        return _publish_gcs(staging, output_uri, overwrite, finalize)
+    return _publish_local(staging, Path(output_uri).expanduser(), overwrite, finalize)
+
+
+def _write_manifest(root: Path) -> dict:
+    manifest = build_manifest(root)
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _publish_local(staging: Path, out: Path, overwrite: bool) -> None:
+def _publish_local(staging: Path, out: Path, overwrite: bool, finalize) -> dict:
     check_output_free(str(out), overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Copy next to the destination first so the final step is one rename on the same filesystem.
     partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(staging, partial)
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-    os.rename(partial, out)
+    try:
+        t0 = time.perf_counter()
+        shutil.copytree(staging, partial)
+        for rel in finalize(time.perf_counter() - t0) if finalize else []:
+            shutil.copy2(staging / rel, partial / rel)
+        manifest = _write_manifest(partial)
+        old = None
+        if out.exists():
+            check_output_free(str(out), overwrite)  # a run that finished meanwhile wins
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+        os.rename(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    return manifest
 
 
-def _publish_gcs(staging: Path, output_uri: str, overwrite: bool, manifest: dict) -> None:
+def _publish_gcs(staging: Path, output_uri: str, overwrite: bool, finalize) -> dict:
     from google.api_core import exceptions as gexc
-    from google.cloud.storage import transfer_manager
 
     bucket_name, prefix = split_gcs(output_uri)
     bucket = gcs_client().bucket(bucket_name)
@@ -290,17 +304,30 @@ def _publish_gcs(staging: Path, output_uri: str, overwrite: bool, manifest: dict
             # Withdraw the old run first: a reader must never see its manifest over new files.
             old_names = {b.name for b in gcs_client().list_blobs(bucket_name, prefix=_gcs_key(prefix, ""))}
             manifest_blob.delete()
-        pairs = [(str(staging / f["path"]), bucket.blob(_gcs_key(prefix, f["path"]))) for f in manifest["files"]]
-        results = transfer_manager.upload_many(pairs, max_workers=8, worker_type="thread", raise_exception=True)
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
+        t0 = time.perf_counter()
+        names = [p.relative_to(staging).as_posix() for p in sorted(staging.rglob("*")) if p.is_file()]
+        _upload_many(bucket, staging, prefix, names)
+        if finalize:
+            _upload_many(bucket, staging, prefix, finalize(time.perf_counter() - t0))
+        manifest = _write_manifest(staging)
         try:
             manifest_blob.upload_from_filename(str(staging / MANIFEST), content_type="application/json",
                                                if_generation_match=0)
         except gexc.PreconditionFailed:
-            raise OutputExistsError(f"another run published to {output_uri} at the same time; choose another --output") from None
-        stale = old_names - {b.name for _, b in pairs} - {manifest_blob.name}
+            raise OutputExistsError(f"another run published to {output_uri} at the same time; "
+                                    "choose another --output") from None
+        stale = old_names - {_gcs_key(prefix, n) for n in names} - {manifest_blob.name}
         for name in stale:
             with contextlib.suppress(gexc.NotFound):
                 bucket.blob(name).delete()
+    return manifest
+
+
+def _upload_many(bucket, root: Path, prefix: str, names: list[str]) -> None:
+    from google.cloud.storage import transfer_manager
+
+    pairs = [(str(root / n), bucket.blob(_gcs_key(prefix, n))) for n in names]
+    results = transfer_manager.upload_many(pairs, max_workers=8, worker_type="thread", raise_exception=True)
+    for r in results:
+        if isinstance(r, Exception):
+            raise r

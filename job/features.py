@@ -1,0 +1,142 @@
+"""Features: tokenize with the checkpoint's fast tokenizer, then batch with per-batch padding.
+
+Tokenization runs through `datasets.map(batched=True)` without padding; each batch is padded
+only to its own longest row, rounded up to a multiple of `pad_multiple` so the compiled step sees
+a handful of shapes rather than one per batch. Batches are formed from length-sorted windows of
+shuffled rows, so padding stays small while the order is still random.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from job.data import Split
+
+# Rows per length-sorting window = this x batch size: larger pads less, smaller shuffles more.
+SORT_WINDOW_BATCHES = 50
+PAD_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of every row as flat arrays + row offsets (a ragged layout without per-row objects)."""
+
+    features: dict[str, np.ndarray]  # name -> flat int32 values
+    offsets: np.ndarray  # int64, len(rows) + 1
+    labels: np.ndarray  # int32
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.features)
+
+
+def encode(split: Split, tokenizer, max_length: int) -> Encoded:
+    import datasets
+
+    datasets.disable_progress_bars()
+    columns = {"text": list(split.texts)}
+    if split.pairs is not None:
+        columns["pair"] = list(split.pairs)
+    names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+
+    def tok(batch):
+        args = (batch["text"], batch["pair"]) if "pair" in batch else (batch["text"],)
+        enc = tokenizer(*args, truncation=True, max_length=max_length, padding=False)
+        return {n: enc[n] for n in names}
+
+    ds = datasets.Dataset.from_dict(columns).map(tok, batched=True, batch_size=2000,
+                                                 remove_columns=list(columns), keep_in_memory=True)
+    table = ds.data.table
+    features, offsets = {}, None
+    for n in names:
+        col = table.column(n).combine_chunks()
+        features[n] = col.values.to_numpy(zero_copy_only=False).astype(np.int32)
+        offsets = col.offsets.to_numpy().astype(np.int64)
+    return Encoded(features, offsets, np.asarray(split.labels, dtype=np.int32))
+
+
+def plan_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, shuffle: bool = True
+                 ) -> list[np.ndarray]:
+    """Row indices of each batch for one epoch: every row exactly once, ceil(n / batch) batches.
+
+    Shuffled: rows are permuted with (seed, epoch), sorted by length within windows, cut into
+    batches, and the batches permuted again. Not shuffled (evaluation): sorted by length overall.
+    """
+    n = len(lengths)
+    if not shuffle:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    window = batch_size * SORT_WINDOW_BATCHES
+    sorted_windows = [w[np.argsort(lengths[w], kind="stable")] for w in
+                      (order[i:i + window] for i in range(0, n, window))]
+    order = np.concatenate(sorted_windows)
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def steps_per_epoch(n: int, global_batch: int) -> int:
+    return math.ceil(n / global_batch)
+
+
+def pad_batch(enc: Encoded, idx: np.ndarray, max_length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    lengths = enc.lengths[idx]
+    width = min(max_length, int(math.ceil(max(lengths.max(), 1) / PAD_MULTIPLE) * PAD_MULTIPLE))
+    out = {}
+    for name, flat in enc.features.items():
+        fill = pad_id if name == "input_ids" else 0
+        arr = np.full((len(idx), width), fill, dtype=np.int32)
+        for row, i in enumerate(idx):
+            start, end = enc.offsets[i], enc.offsets[i + 1]
+            arr[row, :end - start] = flat[start:end]
+        out[name] = arr
+    return out
+
+
+def _signature(enc: Encoded):
+    x = {n: tf.TensorSpec([None, None], tf.int32) for n in enc.names}
+    return x, tf.TensorSpec([None], tf.int32)
+
+
+def train_dataset(enc: Encoded, global_batch: int, epochs: int, seed: int, max_length: int,
+                  pad_id: int = 0, initial_epoch: int = 0) -> tf.data.Dataset:
+    """All epochs' batches in one stream; fit() takes steps_per_epoch of them per epoch."""
+
+    def gen():
+        for epoch in range(initial_epoch, epochs):
+            for idx in plan_batches(enc.lengths, global_batch, seed, epoch):
+                yield pad_batch(enc, idx, max_length, pad_id), enc.labels[idx]
+
+    return _finish(tf.data.Dataset.from_generator(gen, output_signature=_signature(enc)))
+
+
+def eval_dataset(enc: Encoded, global_batch: int, max_length: int, pad_id: int = 0
+                 ) -> tuple[tf.data.Dataset, np.ndarray]:
+    """Length-sorted batches (least padding) and the row order they come in."""
+    batches = plan_batches(enc.lengths, global_batch, 0, 0, shuffle=False)
+    order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+
+    def gen():
+        for idx in batches:
+            yield pad_batch(enc, idx, max_length, pad_id), enc.labels[idx]
+
+    return _finish(tf.data.Dataset.from_generator(gen, output_signature=_signature(enc))), order
+
+
+def _finish(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    # Batches are already global and ordered by us; let the strategy split them, not re-shard files.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,145 @@
+"""Model: find a pretrained checkpoint, load its fast tokenizer and a classification model on top.
+
+Checkpoints come as a hub id, a local folder or a gs:// folder, with TensorFlow (`tf_model.h5`)
+or PyTorch-only safetensors weights. transformers 4.57's TF loader fails on PyTorch safetensors
+(`'builtins.safe_open' object is not iterable`; `from_pt=True` wants torch), so those are read
+with safetensors.numpy and converted with transformers' own PyTorch->TF name mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from job import storage
+from job.config import ModelConfig
+from job.errors import ConfigError, ModelError, TransientError
+
+log = logging.getLogger(__name__)
+
+TF_WEIGHTS = ("tf_model.h5", "tf_model.h5.index.json")
+SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
+# Weights a pretrained backbone legitimately lacks: the new task head (names differ per architecture).
+HEAD_PREFIXES = ("classifier", "pre_classifier", "score", "pooler", "bert.pooler", "logits_proj")
+# Tokenizers report 1e30 when they do not know their limit.
+_UNKNOWN_LIMIT = 1_000_000
+
+
+def resolve_checkpoint(ref: str, scratch: Path) -> Path:
+    """A local folder holding the checkpoint named by `ref` (downloaded when remote)."""
+    if storage.is_gcs(ref):
+        return storage.fetch_tree(ref, scratch / "model")
+    path = Path(ref).expanduser()
+    if path.exists() or ref.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise ModelError(f"--model {ref} is not a folder: point it at a checkpoint folder with config.json")
+        return path
+    return _from_hub(ref, scratch)
+
+
+def _from_hub(repo_id: str, scratch: Path) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=str(scratch / "hub"),
+                                      allow_patterns=["*.json", "*.txt", "*.model", "tf_model.h5*",
+                                                      "model*.safetensors*"]))
+    except (hub_errors.RepositoryNotFoundError, hub_errors.HFValidationError) as exc:
+        raise ModelError(f"--model {repo_id}: no such folder or hub model ({type(exc).__name__}); "
+                         "check the name or give a local or gs:// folder") from None
+    except Exception as exc:  # offline, hub down, rate limited
+        raise TransientError(f"--model {repo_id}: could not download from the Hugging Face hub "
+                             f"({type(exc).__name__}); retry, or give a local or gs:// folder") from None
+
+
+def check_checkpoint(path: Path) -> str:
+    """Which weights the folder holds: 'tf' or 'safetensors'; raise with the fix when unusable."""
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
+    if any((path / n).is_file() for n in TF_WEIGHTS):
+        return "tf"
+    if any((path / n).is_file() for n in SAFETENSORS):
+        return "safetensors"
+    if any(path.glob("pytorch_model*.bin")):
+        raise ModelError(f"{path} has only PyTorch .bin weights, which cannot be read without torch: "
+                         "convert them to model.safetensors")
+    raise ModelError(f"{path} has no weights (tf_model.h5 or model.safetensors)")
+
+
+def load_tokenizer(path: Path, cfg: ModelConfig):
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
+    except Exception as exc:
+        raise ModelError(f"cannot load a tokenizer from {path} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"{path} has no fast tokenizer (tokenizer.json); save one with a recent transformers")
+    config = AutoConfig.from_pretrained(str(path))
+    limits = [getattr(config, "max_position_embeddings", None), tokenizer.model_max_length]
+    limit = min(x for x in limits if x and x < _UNKNOWN_LIMIT) if any(
+        x and x < _UNKNOWN_LIMIT for x in limits) else None
+    if limit is not None and cfg.max_length > limit:
+        raise ConfigError(f"--max-length {cfg.max_length} exceeds this model's limit of {limit} tokens; "
+                          f"use --max-length {limit} or less")
+    return tokenizer
+
+
+def load_classifier(path: Path, kind: str, label_names: tuple[str, ...]):
+    """The checkpoint with a freshly initialised head of len(label_names) classes.
+
+    Call inside `strategy.scope()` so the variables are mirrored.
+    """
+    from transformers import AutoConfig, TFAutoModelForSequenceClassification
+
+    id2label = dict(enumerate(label_names))
+    config = AutoConfig.from_pretrained(str(path), num_labels=len(label_names), id2label=id2label,
+                                        label2id={n: i for i, n in id2label.items()})
+    try:
+        if kind == "tf":
+            model, info = TFAutoModelForSequenceClassification.from_pretrained(
+                str(path), config=config, ignore_mismatched_sizes=True, output_loading_info=True)
+        else:
+            model, info = _from_pt_safetensors(path, config)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise ModelError(f"{path}: this architecture ({config.model_type}) has no TensorFlow "
+                             "sequence-classification model in transformers") from None
+        raise ModelError(f"cannot load weights from {path} ({exc})".splitlines()[0]) from None
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot load weights from {path}: the files look corrupt ({type(exc).__name__}: "
+                         f"{exc})".splitlines()[0]) from None
+    except Exception as exc:
+        if "safetensors" in type(exc).__module__ or "Safetensor" in type(exc).__name__:
+            raise ModelError(f"cannot load weights from {path}: corrupt safetensors ({exc})") from None
+        raise
+    missing = [k for k in info.get("missing_keys", []) if not _is_head(k)]
+    if missing:
+        raise ModelError(f"{path}: {len(missing)} backbone weights missing from the checkpoint "
+                         f"(e.g. {missing[0]}); it does not match its config.json")
+    return model
+
+
+def _is_head(name: str) -> bool:
+    base = name.split("/", 1)[-1] if "/" in name else name
+    return any(base.startswith(p) or f"/{p}" in name or f".{p}" in name for p in HEAD_PREFIXES)
+
+
+def _from_pt_safetensors(path: Path, config):
+    from safetensors.numpy import load_file
+    from transformers import TFAutoModelForSequenceClassification
+    from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
+
+    index = path / "model.safetensors.index.json"
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
+        else ["model.safetensors"]
+    state: dict = {}
+    for shard in shards:
+        state.update(load_file(str(path / shard)))
+    model = TFAutoModelForSequenceClassification.from_config(config)
+    model, info = load_pytorch_state_dict_in_tf2_model(model, state, allow_missing_keys=True,
+                                                       output_loading_info=True,
+                                                       ignore_mismatched_sizes=True)
+    return model, info

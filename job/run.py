@@ -1,0 +1,130 @@
+"""The training pipeline, top to bottom: config -> data -> model -> train -> evaluate -> export -> publish.
+
+    python entrypoint.py train --data DATA --model MODEL --output OUTPUT
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+from job import data as data_step
+from job import distribution, evaluation, export, features, model as model_step, report, storage, training
+from job.config import JobConfig
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def workspace(cfg: JobConfig):
+    """Local scratch for downloads and staging; removed at the end unless the user chose it."""
+    if cfg.output.work_dir:
+        root = Path(cfg.output.work_dir).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="finetune-job-"))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(cfg: JobConfig) -> dict:
+    timer = report.PhaseTimer()
+    log.info("config: %s", cfg.to_dict())
+    tf.keras.utils.set_random_seed(cfg.train.seed)
+    # Refuse early: hours of training must not end in "output exists".
+    storage.check_output_free(cfg.output.output, cfg.output.overwrite)
+
+    with workspace(cfg) as scratch:
+        # -- data and checkpoint: everything validated before the model is built
+        with timer("download"):
+            data = data_step.load(cfg.data, cfg.model.num_labels, cfg.train.seed, scratch / "data")
+            ckpt = model_step.resolve_checkpoint(cfg.model.model, scratch)
+            kind = model_step.check_checkpoint(ckpt)
+        tokenizer = model_step.load_tokenizer(ckpt, cfg.model)
+        log.info("data: %d train / %d validation rows, %d classes (%s); validation %s", len(data.train),
+                 len(data.validation), data.num_labels, ", ".join(data.label_names[:10]), data.validation_source)
+
+        # -- runtime
+        strategy, topo = distribution.make_strategy()
+        global_batch = cfg.train.per_replica_batch_size * topo.replicas
+        steps = features.steps_per_epoch(len(data.train), global_batch)
+        log.info("replicas: %d, global batch: %d (= %d per replica x %d), %d steps/epoch x %d epochs",
+                 topo.replicas, global_batch, cfg.train.per_replica_batch_size, topo.replicas, steps,
+                 cfg.train.epochs)
+
+        # -- features
+        with timer("tokenize"):
+            train_enc = features.encode(data.train, tokenizer, cfg.model.max_length)
+            val_enc = features.encode(data.validation, tokenizer, cfg.model.max_length)
+        pad_id = tokenizer.pad_token_id or 0
+        train_ds = features.train_dataset(train_enc, global_batch, cfg.train.epochs, cfg.train.seed,
+                                          cfg.model.max_length, pad_id)
+        val_ds, _ = features.eval_dataset(val_enc, global_batch, cfg.model.max_length, pad_id)
+
+        # -- model and optimizer, built inside the strategy so variables are mirrored
+        with timer("load_model"), strategy.scope():
+            clf = model_step.load_classifier(ckpt, kind, data.label_names)
+            training.compile_model(clf, cfg.train, total_steps=steps * cfg.train.epochs)
+
+        # -- train
+        with timer("train"):
+            history, meter = training.fit(clf, train_ds, val_ds, cfg.train, steps)
+
+        # -- evaluate
+        with timer("evaluate"):
+            logits = evaluation.predict_logits(clf, val_enc, global_batch, cfg.model.max_length, pad_id)
+            final = evaluation.classification_metrics(val_enc.labels, logits, data.label_names)
+        log.info("validation: accuracy %.4f, macro-F1 %.4f, loss %.4f", final["accuracy"], final["macro_f1"],
+                 final["loss"])
+
+        # -- export and publish
+        staging = scratch / "staging"
+        staging.mkdir()
+        with timer("export"):
+            layout = export.export_all(clf, tokenizer, train_enc.names, staging)
+        train_seconds = sum(meter.epoch_seconds)
+        metrics = {
+            "started_at": timer.started.isoformat(),
+            "status": "complete",
+            "replicas": topo.replicas,
+            "global_batch_size": global_batch,
+            "steps_per_epoch": steps,
+            "data": {"train_examples": len(data.train), "validation_examples": len(data.validation),
+                     "labels": list(data.label_names), "validation_source": data.validation_source,
+                     "validation_fingerprint": data.fingerprint("validation"), "sources": data.sources},
+            "epochs": _per_epoch(history),
+            "final_evaluation": final,
+            "throughput": {
+                "train_examples_per_second": round(len(data.train) * cfg.train.epochs / train_seconds, 2)
+                if train_seconds else None,
+                "epoch_seconds": [round(s, 3) for s in meter.epoch_seconds],
+                "first_step_seconds": round(meter.first_step_seconds or 0.0, 3),
+            },
+            "phases_seconds": timer.seconds,
+            "outputs": layout,
+            "config": cfg.to_dict(),
+            "versions": report.package_versions(),
+        }
+        report.write_metrics(staging / report.METRICS, metrics)
+
+        def record_upload(seconds: float) -> list[str]:
+            metrics["phases_seconds"]["upload"] = round(seconds, 3)
+            report.write_metrics(staging / report.METRICS, metrics)
+            return [report.METRICS]
+
+        storage.publish(staging, cfg.output.output, cfg.output.overwrite, finalize=record_upload)
+    log.info("published to %s (accuracy %.4f)", cfg.output.output, final["accuracy"])
+    return metrics
+
+
+def _per_epoch(history: dict) -> list[dict]:
+    n = len(next(iter(history.values()), []))
+    return [{"epoch": i + 1, **{k: v[i] for k, v in history.items()}} for i in range(n)]
