@@ -1,0 +1,91 @@
+"""Batching, padding, the learning-rate schedule and the metrics: pure functions, checked exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from job import evaluation, features
+from job.config import TrainConfig
+
+
+@pytest.mark.parametrize("n,batch", [(1, 4), (10, 4), (100, 7), (1000, 32)])
+def test_every_row_once_per_epoch_in_ceil_n_over_batch_batches(n, batch):
+    lengths = np.random.default_rng(0).integers(1, 128, size=n)
+    for epoch in range(2):
+        batches = features.plan_batches(lengths, batch, seed=5, epoch=epoch)
+        assert len(batches) == features.steps_per_epoch(n, batch)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(n))
+        assert all(1 <= len(b) <= batch for b in batches)
+
+
+def test_batches_are_shuffled_per_epoch_and_reproducible():
+    lengths = np.random.default_rng(0).integers(1, 128, size=500)
+    a0 = features.plan_batches(lengths, 16, seed=1, epoch=0)
+    a1 = features.plan_batches(lengths, 16, seed=1, epoch=1)
+    again = features.plan_batches(lengths, 16, seed=1, epoch=0)
+    assert all(np.array_equal(x, y) for x, y in zip(a0, again))
+    assert not all(np.array_equal(x, y) for x, y in zip(a0, a1))
+
+
+def test_length_sorted_windows_pad_far_less_than_random_batches():
+    lengths = np.random.default_rng(0).integers(3, 120, size=4000)
+
+    def padded_fraction(batches):
+        real = sum(lengths[b].sum() for b in batches)
+        computed = sum(len(b) * lengths[b].max() for b in batches)
+        return 1 - real / computed
+
+    random_batches = np.array_split(np.random.default_rng(1).permutation(4000), 125)
+    assert padded_fraction(features.plan_batches(lengths, 32, 0, 0)) < 0.05 < padded_fraction(random_batches)
+
+
+def _encoded(rows: list[list[int]], labels: list[int]) -> features.Encoded:
+    offsets = np.cumsum([0] + [len(r) for r in rows])
+    flat = np.array([t for r in rows for t in r], dtype=np.int32)
+    return features.Encoded({"input_ids": flat, "attention_mask": np.ones_like(flat)}, offsets,
+                            np.array(labels, dtype=np.int32))
+
+
+def test_pad_batch_pads_to_multiple_of_16_within_max_length():
+    enc = _encoded([[5, 6, 7], [8] * 20, [9]], [0, 1, 0])
+    out = features.pad_batch(enc, np.array([0, 2]), max_length=64, pad_id=0)
+    assert out["input_ids"].shape == (2, 16)
+    assert out["input_ids"][0, :4].tolist() == [5, 6, 7, 0]
+    assert out["attention_mask"][1].tolist() == [1] + [0] * 15
+    assert features.pad_batch(enc, np.array([1]), max_length=24)["input_ids"].shape == (1, 24)
+
+
+def test_eval_dataset_order_maps_back_to_rows():
+    enc = _encoded([[1] * n for n in (9, 2, 30, 5)], [0, 1, 0, 1])
+    ds, order = features.eval_dataset(enc, 2, max_length=64)
+    seen = [int(m.sum()) for x, _ in ds.as_numpy_iterator() for m in x["attention_mask"]]
+    assert [seen[list(order).index(i)] for i in range(4)] == [9, 2, 30, 5]
+
+
+def test_warmup_then_linear_decay_to_zero():
+    from job.training import WarmupLinearDecay, make_optimizer
+
+    s = WarmupLinearDecay(1.0, warmup_steps=10, total_steps=110)
+    values = [float(s(i)) for i in range(111)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0) and values[60] == pytest.approx(0.5) and values[110] == 0.0
+    assert all(a <= b + 1e-7 for a, b in zip(values[:10], values[1:10]))
+    opt = make_optimizer(TrainConfig(learning_rate=3e-5, warmup_ratio=0.1), total_steps=200)
+    schedule = opt._learning_rate
+    assert schedule.warmup_steps == 20 and schedule.peak == 3e-5 and schedule.total_steps == 200
+
+
+def test_metrics_match_hand_computation():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    logits = np.eye(3)[pred] * 5.0
+    m = evaluation.classification_metrics(labels, logits, ("a", "b", "c"))
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion_matrix"]["rows_true_cols_predicted"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3) and m["per_class"]["b"]["recall"] == 1.0
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    correct = -np.log(np.exp(5) / (np.exp(5) + 2))
+    wrong = -np.log(1 / (np.exp(5) + 2))
+    assert m["loss"] == pytest.approx((4 * correct + 2 * wrong) / 6)
