@@ -24,7 +24,8 @@ import typer
 from job.config import DataConfig, JobConfig, ModelConfig, OutputConfig, TrainConfig
 from job.errors import ExitCode, JobError
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+# Plain (not rich) help and errors: pod logs get one readable line, not a box of box-drawing characters.
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None,
                   help="Fine-tune a pretrained Hugging Face transformer for text classification.")
 log = logging.getLogger("finetune-job")
 

@@ -125,7 +125,9 @@ def list_files(uri: str) -> list[RemoteFile]:
         files = _list_gcs(uri)
     else:
         files = _list_local(uri)
-    return [f for f in files if not any(p.startswith((".", "_")) for p in f.relative.split("/"))]
+    # '.' and '..' are not hidden names but path tricks: keep them so fetch() refuses them loudly.
+    return [f for f in files if not any(p.startswith((".", "_")) and p not in (".", "..")
+                                        for p in f.relative.split("/"))]
 
 
 def _list_local(uri: str) -> list[RemoteFile]:

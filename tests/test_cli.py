@@ -1,0 +1,119 @@
+"""The command line: help, environment variables, and bad input -> one line, the right exit code,
+nothing published."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+import entrypoint
+from conftest import FAST, run_job
+from job.errors import ExitCode
+
+runner = CliRunner()
+
+
+def invoke(args, env=None):
+    result = runner.invoke(entrypoint.app, args, env=env)
+    return result
+
+
+def test_help_lists_commands_and_env_vars():
+    top = invoke(["--help"])
+    assert top.exit_code == 0 and "train" in top.output and "version" in top.output
+    train = invoke(["train", "--help"])
+    assert train.exit_code == 0
+    for var in ("FT_DATA", "FT_MODEL", "FT_OUTPUT", "FT_LEARNING_RATE", "FT_PER_REPLICA_BATCH_SIZE",
+                "FT_TEXT_PAIR_COLUMN", "FT_WARMUP_RATIO"):
+        assert var in train.output
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def good(tmp_path, tiny_checkpoints, toy_data):
+    return {"data": str(toy_data), "model": str(tiny_checkpoints["tf"]), "out": str(tmp_path / "out")}
+
+
+def cases(tmp_path, good):
+    """(id, extra args replacing the good ones, message fragment, exit code)."""
+    header_only = write(tmp_path / "h/train.csv", "text,label\n")
+    no_label = write(tmp_path / "nl/train.csv", "text,target\nx,1\ny,0\n")
+    outside = tmp_path / "outside"
+    write(outside / "train.csv", "text,label\nx,pos\ny,neg\n")
+    write(outside / "validation.csv", "text,label\nz,meh\n")
+    no_weights = tmp_path / "noweights"
+    write(no_weights / "config.json", '{"model_type": "bert"}')
+    return [
+        ("missing data path", ["--data", str(tmp_path / "nope")], "does not exist", ExitCode.BAD_INPUT),
+        ("missing text column", ["--text-column", "sentence"], "has no column 'sentence'", ExitCode.BAD_INPUT),
+        ("missing label column", ["--train", no_label], "has no column 'label'", ExitCode.BAD_INPUT),
+        ("empty split", ["--train", header_only], "header but no rows", ExitCode.BAD_INPUT),
+        ("label outside classes", ["--data", str(outside)], "validation label 'meh' is not among", ExitCode.BAD_INPUT),
+        ("zero batch", ["--per-replica-batch-size", "0"], "--per-replica-batch-size must be greater than 0", ExitCode.BAD_INPUT),
+        ("negative epochs", ["--epochs", "-1"], "--epochs must be greater than 0", ExitCode.BAD_INPUT),
+        ("negative learning rate", ["--learning-rate", "-1e-5"], "--learning-rate must be greater than 0", ExitCode.BAD_INPUT),
+        ("max length too long", ["--max-length", "4096"], "exceeds this model's limit", ExitCode.BAD_INPUT),
+        ("model without weights", ["--model", str(no_weights)], "has no weights", ExitCode.BAD_INPUT),
+        ("model not a folder", ["--model", str(tmp_path / "h/train.csv")], "is not a folder", ExitCode.BAD_INPUT),
+        ("num labels mismatch", ["--num-labels", "5"], "2 distinct labels but --num-labels is 5", ExitCode.BAD_INPUT),
+        ("output inside input", ["--output", good["data"] + "/runs/x"], "lies inside --data", ExitCode.BAD_INPUT),
+        ("bad format", ["--format", "xlsx"], "--format must be one of", ExitCode.BAD_INPUT),
+        ("unknown option", ["--bogus", "1"], "No such option", ExitCode.USAGE),
+        ("not a number", ["--epochs", "many"], "Invalid value for '--epochs'", ExitCode.USAGE),
+    ]
+
+
+
+
+@pytest.mark.parametrize("index", range(16))
+def test_bad_input_is_one_line_with_exit_code_and_nothing_published(tmp_path, good, index):
+    case, extra, message, code = cases(tmp_path, good)[index]
+    base = {"--data": good["data"], "--model": good["model"], "--output": good["out"]}
+    flags = dict(zip(extra[::2], extra[1::2]))
+    if "--train" in flags:
+        base.pop("--data")
+    args = ["train", *FAST, *[x for kv in {**base, **flags}.items() for x in kv]]
+    result = invoke(args)
+    assert result.exit_code == code, (case, result.output)
+    assert message in result.output, (case, result.output)
+    if code == ExitCode.BAD_INPUT:
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], case
+    assert not (tmp_path / "out").exists(), case
+
+
+def test_env_vars_configure_the_job_and_flags_win(tmp_path, good):
+    env = {"FT_DATA": good["data"], "FT_MODEL": good["model"], "FT_OUTPUT": good["out"],
+           "FT_PER_REPLICA_BATCH_SIZE": "0"}
+    result = invoke(["train"], env=env)
+    assert result.exit_code == ExitCode.BAD_INPUT and "--per-replica-batch-size must be greater than 0" in result.output
+    result = invoke(["train", "--epochs", "0"], env={**env, "FT_PER_REPLICA_BATCH_SIZE": "8"})
+    assert "--epochs must be greater than 0" in result.output
+
+
+def test_real_process_exit_code_for_bad_data(tmp_path, good):
+    proc = run_job(["train", "--data", str(tmp_path / "missing"), "--model", good["model"], "--output", good["out"]])
+    assert proc.returncode == ExitCode.BAD_INPUT
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'} does not exist: check the path"
+    assert not (tmp_path / "out").exists()
+
+
+def test_gcs_bad_inputs(gcs, gcs_server, good, tmp_path):
+    gcs.create_bucket("bad-in")
+    b = gcs.bucket("bad-in")
+    b.blob("d/train.csv").upload_from_string("text,label\nx,0\ny,1\n")
+    b.blob("d/train/../../escape.csv").upload_from_string("text,label\nx,0\ny,1\n")
+    env = {"STORAGE_EMULATOR_HOST": gcs_server.url}
+    no_bucket = invoke(["train", "--data", "gs://no-such-bucket-x/d", "--model", good["model"],
+                        "--output", good["out"], *FAST], env=env)
+    assert no_bucket.exit_code == ExitCode.BAD_INPUT and "not found" in no_bucket.output
+    escape = invoke(["train", "--train", "gs://bad-in/d/train/", "--model", good["model"],
+                     "--output", good["out"], *FAST], env=env)
+    assert escape.exit_code == ExitCode.BAD_INPUT and "refusing object name" in escape.output
+    assert not list(tmp_path.rglob("escape.csv"))
+    assert not (tmp_path / "out").exists()
