@@ -8,7 +8,7 @@ export TF_USE_LEGACY_KERAS := 1
 .PHONY: help setup run test lint clean
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,45 @@ test: setup ## Run the test suite
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache work demo
+
+# ---- Container image and Kubernetes (Dockerfile, k8s/; see k8s/README.md) ----------------------
+IMAGE ?= finetune-job:dev
+OVERLAY ?= job
+K8S_VERSION ?= 1.31.0
+K8S_OUT ?= work/k8s
+OVERLAYS := $(patsubst k8s/overlays/%/kustomization.yaml,%,$(wildcard k8s/overlays/*/kustomization.yaml))
+ARGS ?= train --help
+LOCAL_DIR ?= $(CURDIR)/work/local
+DOCKER_RUN_FLAGS ?=
+
+.PHONY: image push docker-run k8s deploy
+
+image: ## Build the GPU image: make image IMAGE=REGISTRY/finetune-job:TAG
+	docker build -t $(IMAGE) .
+
+push: ## Push IMAGE to its registry (then set the tag in k8s/overlays/job/kustomization.yaml)
+	docker push $(IMAGE)
+
+# --init: Python must not be PID 1 to stop on SIGTERM (see the Dockerfile). Every FT_* variable set
+# in your shell is passed in; LOCAL_DIR is mounted at /mnt/local (writable by UID 10001 if it is
+# the --output); gs:// paths need credentials, e.g. DOCKER_RUN_FLAGS='-v $$HOME/.config/gcloud:/scratch/.config/gcloud:ro'.
+docker-run: ## Run IMAGE on all local GPUs: make docker-run ARGS='train --data /mnt/local/data ...'
+	mkdir -p $(LOCAL_DIR)
+	docker run --rm --init --gpus all --read-only --shm-size=4g \
+	  -v finetune-job-scratch:/scratch -v $(LOCAL_DIR):/mnt/local \
+	  $(foreach v,$(filter FT_%,$(.VARIABLES)),-e $(v)) $(DOCKER_RUN_FLAGS) \
+	  $(IMAGE) $(ARGS)
+
+k8s: ## Render base and every overlay into K8S_OUT (default work/k8s/)
+	mkdir -p $(K8S_OUT)
+	kubectl kustomize k8s/base > $(K8S_OUT)/base.yaml
+	$(foreach o,$(OVERLAYS),kubectl kustomize k8s/overlays/$(o) > $(K8S_OUT)/$(o).yaml &&) true
+	@ls -1 $(K8S_OUT)/*.yaml
+
+deploy: ## kubectl apply -k k8s/overlays/OVERLAY (default job; give each Job run a new name first)
+	kubectl apply -k k8s/overlays/$(OVERLAY)
+
+lint: setup k8s ## hadolint the Dockerfile, schema-check every rendered overlay (K8S_VERSION), ruff
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_OUT)/*.yaml
+	$(VENV)/bin/ruff check --line-length 120 --select E,F,W,B --ignore E402,E501,B905 .

