@@ -57,6 +57,9 @@ class TrainConfig:
     # Decoupled (AdamW) weight decay; not applied to biases and LayerNorm weights.
     weight_decay: float = 0.01
     seed: int = 42
+    # Save training state every this many optimizer steps (and after every epoch); 0: epochs only.
+    # A save costs one upload of model + optimizer state (3x the model size): keep it minutes apart.
+    checkpoint_every: int = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +70,12 @@ class OutputConfig:
     overwrite: bool = False
     # Local scratch for downloads, staging and caches; a temp folder when empty.
     work_dir: str = ""
+    # Where training state is saved for resuming (local or gs://); empty: `<output>.checkpoints`.
+    checkpoint_dir: str = ""
+
+    @property
+    def checkpoints(self) -> str:
+        return self.checkpoint_dir or self.output.rstrip("/") + ".checkpoints"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +115,8 @@ def validate(cfg: JobConfig) -> None:
     _positive("epochs", t.epochs)
     _positive("per-replica-batch-size", t.per_replica_batch_size)
     _positive("learning-rate", t.learning_rate)
+    if t.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be 0 (epochs only) or more, got {t.checkpoint_every}")
     if m.num_labels is not None and m.num_labels < 2:
         raise ConfigError(f"--num-labels must be at least 2 for classification, got {m.num_labels}")
     if not 0 <= t.warmup_ratio < 1:

@@ -111,12 +111,14 @@ def _signature(enc: Encoded):
 
 
 def train_dataset(enc: Encoded, global_batch: int, epochs: int, seed: int, max_length: int,
-                  pad_id: int = 0, initial_epoch: int = 0) -> tf.data.Dataset:
-    """All epochs' batches in one stream; fit() takes steps_per_epoch of them per epoch."""
+                  pad_id: int = 0, initial_epoch: int = 0, skip: int = 0) -> tf.data.Dataset:
+    """Batches of epochs initial_epoch.. in one stream, the first `skip` of them left out (resume);
+    fit() takes steps_per_epoch of them per epoch."""
 
     def gen():
         for epoch in range(initial_epoch, epochs):
-            for idx in plan_batches(enc.lengths, global_batch, seed, epoch):
+            plan = plan_batches(enc.lengths, global_batch, seed, epoch)
+            for idx in plan[skip if epoch == initial_epoch else 0:]:
                 yield pad_batch(enc, idx, max_length, pad_id), enc.labels[idx]
 
     return _finish(tf.data.Dataset.from_generator(gen, output_signature=_signature(enc)))

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import tempfile
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from job import checkpoints, distribution, evaluation, export, features, report, storage, training
 from job import data as data_step
-from job import distribution, evaluation, export, features, model as model_step, report, storage, training
+from job import model as model_step
 from job.config import JobConfig
 
 log = logging.getLogger(__name__)
@@ -35,11 +37,28 @@ def workspace(cfg: JobConfig):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run(cfg: JobConfig) -> dict:
+def run(cfg: JobConfig) -> dict | None:
+    with training.Preemption().installed() as preemption:
+        return _run(cfg, preemption)
+
+
+def settings_fingerprint(cfg: JobConfig) -> str:
+    """What makes two runs the same run: everything but where state and outputs are kept."""
+    d = cfg.to_dict()
+    d["train"].pop("checkpoint_every")
+    return checkpoints.settings_fingerprint({k: d[k] for k in ("data", "model", "train")})
+
+
+def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
     timer = report.PhaseTimer()
     log.info("config: %s", cfg.to_dict())
     tf.keras.utils.set_random_seed(cfg.train.seed)
-    # Refuse early: hours of training must not end in "output exists".
+    fingerprint = settings_fingerprint(cfg)
+    # Refuse early: hours of training must not end in "output exists". A retry of a run that
+    # published just before it was killed finds its own result there: done, not an error.
+    if not cfg.output.overwrite and _already_published(cfg.output.output, fingerprint):
+        log.info("%s already holds this run (same settings, published by an earlier attempt)", cfg.output.output)
+        return None
     storage.check_output_free(cfg.output.output, cfg.output.overwrite)
 
     with workspace(cfg) as scratch:
@@ -65,8 +84,11 @@ def run(cfg: JobConfig) -> dict:
             train_enc = features.encode(data.train, tokenizer, cfg.model.max_length)
             val_enc = features.encode(data.validation, tokenizer, cfg.model.max_length)
         pad_id = tokenizer.pad_token_id or 0
-        train_ds = features.train_dataset(train_enc, global_batch, cfg.train.epochs, cfg.train.seed,
-                                          cfg.model.max_length, pad_id)
+
+        def train_ds(epoch: int, skip: int):
+            return features.train_dataset(train_enc, global_batch, cfg.train.epochs, cfg.train.seed,
+                                          cfg.model.max_length, pad_id, initial_epoch=epoch, skip=skip)
+
         val_ds, _ = features.eval_dataset(val_enc, global_batch, cfg.model.max_length, pad_id)
 
         # -- model and optimizer, built inside the strategy so variables are mirrored
@@ -74,9 +96,14 @@ def run(cfg: JobConfig) -> dict:
             clf = model_step.load_classifier(ckpt, kind, data.label_names)
             training.compile_model(clf, cfg.train, total_steps=steps * cfg.train.epochs)
 
-        # -- train
+        # -- train, resuming from the last checkpoint of this same run if there is one
+        store = checkpoints.CheckpointStore(
+            cfg.output.checkpoints, scratch / "checkpoints",
+            checkpoints.settings_fingerprint({"run": fingerprint, "data": data.fingerprint("train"),
+                                              "validation": data.fingerprint("validation")}),
+            enabled=topo.is_chief)
         with timer("train"):
-            history, meter = training.fit(clf, train_ds, val_ds, cfg.train, steps)
+            history, meter = training.fit(clf, train_ds, val_ds, cfg.train, steps, store, preemption)
 
         # -- evaluate
         with timer("evaluate"):
@@ -94,6 +121,7 @@ def run(cfg: JobConfig) -> dict:
         metrics = {
             "started_at": timer.started.isoformat(),
             "status": "complete",
+            "settings_fingerprint": fingerprint,
             "replicas": topo.replicas,
             "global_batch_size": global_batch,
             "steps_per_epoch": steps,
@@ -121,8 +149,16 @@ def run(cfg: JobConfig) -> dict:
             return [report.METRICS]
 
         storage.publish(staging, cfg.output.output, cfg.output.overwrite, finalize=record_upload)
+        store.clear()
     log.info("published to %s (accuracy %.4f)", cfg.output.output, final["accuracy"])
     return metrics
+
+
+def _already_published(output: str, fingerprint: str) -> bool:
+    if storage.read_manifest(output) is None:
+        return False
+    raw = storage.read_bytes(storage.join(output, report.METRICS))
+    return raw is not None and json.loads(raw).get("settings_fingerprint") == fingerprint
 
 
 def _per_epoch(history: dict) -> list[dict]:

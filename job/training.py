@@ -8,16 +8,20 @@ job exists to rule out (tests/test_training.py proves the difference).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from job.checkpoints import CheckpointStore
 from job.config import TrainConfig
-from job.errors import BadInputError
+from job.errors import BadInputError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +105,103 @@ class Throughput(tf.keras.callbacks.Callback):
             self.first_step_seconds = time.perf_counter() - self._tb
 
 
+class Preempted(TransientError):
+    pass
+
+
+class Preemption:
+    """SIGTERM handling: outside training stop at once; inside, finish the step, checkpoint, stop.
+
+    Kubernetes sends SIGTERM on eviction, preemption and deletion, then SIGKILL after the grace
+    period (30 s by default): one step plus one checkpoint upload must fit in it.
+    """
+
+    MESSAGE = "received SIGTERM (eviction or preemption): run again with the same arguments to resume"
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self.deferred = False
+
+    def handler(self, signum, frame):
+        self.requested.set()
+        if not self.deferred:
+            raise Preempted(self.MESSAGE)
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals can only be handled on the main thread (e.g. under a test runner)
+            return
+        previous = signal.signal(signal.SIGTERM, self.handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Checkpointing(tf.keras.callbacks.Callback):
+    """Saves every `every` optimizer steps and after each epoch's validation; stops on SIGTERM."""
+
+    def __init__(self, store: CheckpointStore, checkpoint: tf.train.Checkpoint, every: int,
+                 history: dict, preemption: Preemption | None):
+        super().__init__()
+        self.store, self.checkpoint, self.every = store, checkpoint, every
+        self.history = history  # epoch metrics so far, carried across resumes
+        self.preemption = preemption
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        if self.preemption is not None and self.preemption.requested.is_set():
+            self.store.save(self.checkpoint, step, self.history)
+            raise Preempted(Preemption.MESSAGE + f" (checkpoint saved at step {step})")
+        if self.every and step % self.every == 0:
+            self.store.save(self.checkpoint, step, self.history)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(float(v))
+        self.store.save(self.checkpoint, self._step(), self.history)
+
+
 def progress_verbosity() -> int:
     # A live bar on a terminal; one line per epoch in pod logs (no megabytes of carriage returns).
     return 1 if sys.stdout.isatty() else 2
 
 
-def fit(model, train_ds, val_ds, cfg: TrainConfig, steps_per_epoch: int, callbacks=(),
-        initial_epoch: int = 0) -> tuple[dict, Throughput]:
+def fit(model, make_train_ds, val_ds, cfg: TrainConfig, steps_per_epoch: int, store: CheckpointStore,
+        preemption: Preemption | None = None, callbacks=()) -> tuple[dict, Throughput]:
+    """Train for cfg.epochs, resuming from `store` when it holds a save of this run.
+
+    `make_train_ds(epoch, skip)` streams batches from `epoch`, skipping its first `skip` batches,
+    so a resumed run sees exactly the batches an uninterrupted one would have seen next.
+    """
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    resume = store.restore(checkpoint)
+    start = resume.step if resume else 0
+    history = {k: list(v) for k, v in (resume.history if resume else {}).items()}
     meter = Throughput()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                        steps_per_epoch=steps_per_epoch, callbacks=[FailOnNaN(), meter, *callbacks],
-                        verbose=progress_verbosity())
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}, meter
+    saver = Checkpointing(store, checkpoint, cfg.checkpoint_every, history, preemption)
+    epoch, skip = divmod(start, steps_per_epoch)
+    legs = []  # (first epoch, end epoch, steps per epoch, batches to skip)
+    if skip:
+        # A resumed, part-done epoch runs on its own: Keras gives every epoch of a fit() one length.
+        legs.append((epoch, epoch + 1, steps_per_epoch - skip, skip))
+        epoch += 1
+    if epoch < cfg.epochs:
+        legs.append((epoch, cfg.epochs, steps_per_epoch, 0))
+    if preemption is not None:
+        preemption.deferred = True
+    try:
+        for first, last, steps, skip_batches in legs:
+            model.fit(make_train_ds(first, skip_batches), validation_data=val_ds, epochs=last,
+                      initial_epoch=first, steps_per_epoch=steps, callbacks=[FailOnNaN(), meter, saver, *callbacks],
+                      verbose=progress_verbosity())
+    finally:
+        if preemption is not None:
+            preemption.deferred = False
+    if preemption is not None and preemption.requested.is_set():
+        raise Preempted(Preemption.MESSAGE)
+    return history, meter
