@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
 from job import features
 
 
-def predict_logits(model, enc: features.Encoded, global_batch: int, max_length: int, pad_id: int = 0
+def predict_logits(model, enc: features.Encoded, batch: int, max_length: int, pad_id: int = 0
                    ) -> np.ndarray:
-    """Logits for every row of `enc`, in row order (batches run length-sorted for speed)."""
-    ds, order = features.eval_dataset(enc, global_batch, max_length, pad_id)
-    logits = model.predict(ds.map(lambda x, y: x), verbose=0)
-    logits = getattr(logits, "logits", logits)
-    if isinstance(logits, dict):
-        logits = logits["logits"]
+    """Logits for every row of `enc`, in row order (batches run length-sorted for speed).
+
+    Runs locally on this worker, outside any distribution: a forward pass needs no collectives,
+    so every worker of a multi-worker run can do it on its own.
+    """
+    ds, order = features.eval_dataset(enc, batch, max_length, pad_id)
+
+    @tf.function(reduce_retracing=True)
+    def forward(x):
+        return tf.cast(model(x, training=False).logits, tf.float32)
+
+    parts = [forward(x).numpy() for x, _, _ in ds]
+    logits = np.concatenate(parts) if parts else np.zeros((0, model.config.num_labels), np.float32)
     out = np.empty_like(logits)
     out[order] = logits
     return out

@@ -105,40 +105,88 @@ def pad_batch(enc: Encoded, idx: np.ndarray, max_length: int, pad_id: int = 0) -
     return out
 
 
+@dataclass(frozen=True)
+class Sharding:
+    """Which part of each global batch this input pipeline (one per worker) produces."""
+
+    replicas: int = 1  # replicas in sync, over all workers
+    workers: int = 1
+    worker_index: int = 0
+
+    @property
+    def local_replicas(self) -> int:
+        return self.replicas // self.workers
+
+    @classmethod
+    def from_context(cls, ctx: tf.distribute.InputContext) -> "Sharding":
+        return cls(ctx.num_replicas_in_sync, ctx.num_input_pipelines, ctx.input_pipeline_id)
+
+
+def replica_batches(idx: np.ndarray, global_batch: int, shard: Sharding) -> list[tuple[np.ndarray, np.ndarray]]:
+    """This worker's per-replica (rows, weights) of one global batch.
+
+    Every worker computes the same global plan and takes its own contiguous slice, so all workers
+    take the same number of steps and no row is seen twice per epoch. With several replicas a short
+    last batch is filled to full size with repeated rows of weight 0: every replica must take every
+    step, and weight-0 rows change neither the gradient nor the metrics.
+    """
+    weights = np.ones(len(idx), dtype=np.float32)
+    if shard.replicas > 1 and len(idx) < global_batch:
+        weights = np.concatenate([weights, np.zeros(global_batch - len(idx), dtype=np.float32)])
+        idx = np.resize(idx, global_batch)
+    if shard.replicas == 1:
+        return [(idx, weights)]
+    per_replica = global_batch // shard.replicas
+    first = shard.worker_index * shard.local_replicas
+    return [(idx[r * per_replica:(r + 1) * per_replica], weights[r * per_replica:(r + 1) * per_replica])
+            for r in range(first, first + shard.local_replicas)]
+
+
 def _signature(enc: Encoded):
     x = {n: tf.TensorSpec([None, None], tf.int32) for n in enc.names}
-    return x, tf.TensorSpec([None], tf.int32)
+    return x, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)
 
 
-def train_dataset(enc: Encoded, global_batch: int, epochs: int, seed: int, max_length: int,
-                  pad_id: int = 0, initial_epoch: int = 0, skip: int = 0) -> tf.data.Dataset:
-    """Batches of epochs initial_epoch.. in one stream, the first `skip` of them left out (resume);
-    fit() takes steps_per_epoch of them per epoch."""
-
+def _dataset(enc: Encoded, batches, global_batch: int, max_length: int, pad_id: int, shard: Sharding):
     def gen():
-        for epoch in range(initial_epoch, epochs):
-            plan = plan_batches(enc.lengths, global_batch, seed, epoch)
-            for idx in plan[skip if epoch == initial_epoch else 0:]:
-                yield pad_batch(enc, idx, max_length, pad_id), enc.labels[idx]
+        for idx in batches():
+            for rows, weights in replica_batches(idx, global_batch, shard):
+                yield pad_batch(enc, rows, max_length, pad_id), enc.labels[rows], weights
 
     return _finish(tf.data.Dataset.from_generator(gen, output_signature=_signature(enc)))
 
 
-def eval_dataset(enc: Encoded, global_batch: int, max_length: int, pad_id: int = 0
+def train_dataset(enc: Encoded, global_batch: int, epochs: int, seed: int, max_length: int,
+                  pad_id: int = 0, initial_epoch: int = 0, skip: int = 0,
+                  shard: Sharding = Sharding()) -> tf.data.Dataset:
+    """Per-replica (x, y, weight) batches of epochs initial_epoch.. in one stream, the first `skip`
+    global batches left out (resume); fit() takes steps_per_epoch of them per epoch."""
+
+    def batches():
+        for epoch in range(initial_epoch, epochs):
+            plan = plan_batches(enc.lengths, global_batch, seed, epoch)
+            yield from plan[skip if epoch == initial_epoch else 0:]
+
+    return _dataset(enc, batches, global_batch, max_length, pad_id, shard)
+
+
+def validation_dataset(enc: Encoded, global_batch: int, max_length: int, pad_id: int = 0,
+                       shard: Sharding = Sharding()) -> tf.data.Dataset:
+    """Length-sorted per-replica batches of the whole split, for fit()'s per-epoch validation."""
+    plan = plan_batches(enc.lengths, global_batch, 0, 0, shuffle=False)
+    return _dataset(enc, lambda: iter(plan), global_batch, max_length, pad_id, shard)
+
+
+def eval_dataset(enc: Encoded, batch: int, max_length: int, pad_id: int = 0
                  ) -> tuple[tf.data.Dataset, np.ndarray]:
-    """Length-sorted batches (least padding) and the row order they come in."""
-    batches = plan_batches(enc.lengths, global_batch, 0, 0, shuffle=False)
-    order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
-
-    def gen():
-        for idx in batches:
-            yield pad_batch(enc, idx, max_length, pad_id), enc.labels[idx]
-
-    return _finish(tf.data.Dataset.from_generator(gen, output_signature=_signature(enc))), order
+    """Length-sorted batches (least padding) and the row order they come in; not distributed."""
+    plan = plan_batches(enc.lengths, batch, 0, 0, shuffle=False)
+    order = np.concatenate(plan) if plan else np.zeros(0, dtype=np.int64)
+    return _dataset(enc, lambda: iter(plan), batch, max_length, pad_id, Sharding()), order
 
 
 def _finish(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
-    # Batches are already global and ordered by us; let the strategy split them, not re-shard files.
+    # Each pipeline already yields exactly its own batches: no file- or data-level auto-sharding.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -85,11 +85,15 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
             val_enc = features.encode(data.validation, tokenizer, cfg.model.max_length)
         pad_id = tokenizer.pad_token_id or 0
 
+        # Each worker's input pipeline yields its own per-replica batches of one global plan.
         def train_ds(epoch: int, skip: int):
-            return features.train_dataset(train_enc, global_batch, cfg.train.epochs, cfg.train.seed,
-                                          cfg.model.max_length, pad_id, initial_epoch=epoch, skip=skip)
+            return strategy.distribute_datasets_from_function(lambda ctx: features.train_dataset(
+                train_enc, global_batch, cfg.train.epochs, cfg.train.seed, cfg.model.max_length, pad_id,
+                initial_epoch=epoch, skip=skip, shard=features.Sharding.from_context(ctx)))
 
-        val_ds, _ = features.eval_dataset(val_enc, global_batch, cfg.model.max_length, pad_id)
+        val_ds = strategy.distribute_datasets_from_function(lambda ctx: features.validation_dataset(
+            val_enc, global_batch, cfg.model.max_length, pad_id, shard=features.Sharding.from_context(ctx)))
+        val_steps = features.steps_per_epoch(len(val_enc), global_batch)
 
         # -- model and optimizer, built inside the strategy so variables are mirrored
         with timer("load_model"), strategy.scope():
@@ -103,7 +107,7 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
                                               "validation": data.fingerprint("validation")}),
             enabled=topo.is_chief)
         with timer("train"):
-            history, meter = training.fit(clf, train_ds, val_ds, cfg.train, steps, store, preemption)
+            history, meter = training.fit(clf, train_ds, (val_ds, val_steps), cfg.train, steps, store, preemption)
 
         # -- evaluate
         with timer("evaluate"):

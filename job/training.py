@@ -171,13 +171,15 @@ def progress_verbosity() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def fit(model, make_train_ds, val_ds, cfg: TrainConfig, steps_per_epoch: int, store: CheckpointStore,
+def fit(model, make_train_ds, validation, cfg: TrainConfig, steps_per_epoch: int, store: CheckpointStore,
         preemption: Preemption | None = None, callbacks=()) -> tuple[dict, Throughput]:
     """Train for cfg.epochs, resuming from `store` when it holds a save of this run.
 
     `make_train_ds(epoch, skip)` streams batches from `epoch`, skipping its first `skip` batches,
     so a resumed run sees exactly the batches an uninterrupted one would have seen next.
+    `validation` is (dataset, steps).
     """
+    val_ds, val_steps = validation
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     resume = store.restore(checkpoint)
     start = resume.step if resume else 0
@@ -196,7 +198,7 @@ def fit(model, make_train_ds, val_ds, cfg: TrainConfig, steps_per_epoch: int, st
         preemption.deferred = True
     try:
         for first, last, steps, skip_batches in legs:
-            model.fit(make_train_ds(first, skip_batches), validation_data=val_ds, epochs=last,
+            model.fit(make_train_ds(first, skip_batches), validation_data=val_ds, validation_steps=val_steps, epochs=last,
                       initial_epoch=first, steps_per_epoch=steps, callbacks=[FailOnNaN(), meter, saver, *callbacks],
                       verbose=progress_verbosity())
     finally:

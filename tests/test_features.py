@@ -59,7 +59,7 @@ def test_pad_batch_pads_to_multiple_of_16_within_max_length():
 def test_eval_dataset_order_maps_back_to_rows():
     enc = _encoded([[1] * n for n in (9, 2, 30, 5)], [0, 1, 0, 1])
     ds, order = features.eval_dataset(enc, 2, max_length=64)
-    seen = [int(m.sum()) for x, _ in ds.as_numpy_iterator() for m in x["attention_mask"]]
+    seen = [int(m.sum()) for x, _, _ in ds.as_numpy_iterator() for m in x["attention_mask"]]
     assert [seen[list(order).index(i)] for i in range(4)] == [9, 2, 30, 5]
 
 
