@@ -59,6 +59,7 @@ def train(
     weight_decay: Annotated[float, _opt("FT_WEIGHT_DECAY", "AdamW decoupled weight decay (not on biases/LayerNorm).", TRAIN)] = TrainConfig.weight_decay,
     seed: Annotated[int, _opt("FT_SEED", "Seed for shuffling, the validation carve and initialisation.", TRAIN)] = TrainConfig.seed,
     checkpoint_every: Annotated[int, _opt("FT_CHECKPOINT_EVERY", "Save training state every N steps (and each epoch); 0: epochs only.", TRAIN)] = TrainConfig.checkpoint_every,
+    cluster_timeout: Annotated[int, _opt("FT_CLUSTER_TIMEOUT", "Multi-worker: seconds to wait for peers before failing.", TRAIN)] = TrainConfig.cluster_timeout,
     checkpoint_dir: Annotated[str, _opt("FT_CHECKPOINT_DIR", "Where training state is kept for resuming (default: OUTPUT.checkpoints).", OUT)] = "",
     overwrite: Annotated[bool, _opt("FT_OVERWRITE", "Replace a completed run already at --output.", OUT)] = False,
     work_dir: Annotated[str, _opt("FT_WORK_DIR", "Local scratch for downloads and staging (default: a temp folder).", OUT)] = "",
@@ -75,7 +76,8 @@ def train(
             model=ModelConfig(model=model, num_labels=num_labels, max_length=max_length),
             train=TrainConfig(epochs=epochs, per_replica_batch_size=per_replica_batch_size,
                               learning_rate=learning_rate, warmup_ratio=warmup_ratio,
-                              weight_decay=weight_decay, seed=seed, checkpoint_every=checkpoint_every),
+                              weight_decay=weight_decay, seed=seed, checkpoint_every=checkpoint_every,
+                              cluster_timeout=cluster_timeout),
             output=OutputConfig(output=output, overwrite=overwrite, work_dir=work_dir,
                                 checkpoint_dir=checkpoint_dir),
         )

@@ -60,6 +60,8 @@ class TrainConfig:
     # Save training state every this many optimizer steps (and after every epoch); 0: epochs only.
     # A save costs one upload of model + optimizer state (3x the model size): keep it minutes apart.
     checkpoint_every: int = 500
+    # Multi-worker: seconds to wait for peers at start and inside one collective before failing.
+    cluster_timeout: int = 600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +117,7 @@ def validate(cfg: JobConfig) -> None:
     _positive("epochs", t.epochs)
     _positive("per-replica-batch-size", t.per_replica_batch_size)
     _positive("learning-rate", t.learning_rate)
+    _positive("cluster-timeout", t.cluster_timeout)
     if t.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be 0 (epochs only) or more, got {t.checkpoint_every}")
     if m.num_labels is not None and m.num_labels < 2:

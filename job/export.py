@@ -7,6 +7,7 @@ transformers installed.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import tensorflow as tf
@@ -26,6 +27,14 @@ def serving_function(model, input_names: tuple[str, ...]):
         return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
 
     return serve
+
+
+def weights_digest(model) -> str:
+    h = hashlib.sha256()
+    for v in sorted(model.variables, key=lambda v: v.name):
+        h.update(v.name.encode())
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def export_saved_model(model, input_names: tuple[str, ...], path: Path) -> Path:

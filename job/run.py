@@ -46,6 +46,7 @@ def settings_fingerprint(cfg: JobConfig) -> str:
     """What makes two runs the same run: everything but where state and outputs are kept."""
     d = cfg.to_dict()
     d["train"].pop("checkpoint_every")
+    d["train"].pop("cluster_timeout")
     return checkpoints.settings_fingerprint({k: d[k] for k in ("data", "model", "train")})
 
 
@@ -72,7 +73,7 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
                  len(data.validation), data.num_labels, ", ".join(data.label_names[:10]), data.validation_source)
 
         # -- runtime
-        strategy, topo = distribution.make_strategy()
+        strategy, topo = distribution.make_strategy(timeout=cfg.train.cluster_timeout)
         global_batch = cfg.train.per_replica_batch_size * topo.replicas
         steps = features.steps_per_epoch(len(data.train), global_batch)
         log.info("replicas: %d, global batch: %d (= %d per replica x %d), %d steps/epoch x %d epochs",
@@ -109,6 +110,9 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
         with timer("train"):
             history, meter = training.fit(clf, train_ds, (val_ds, val_steps), cfg.train, steps, store, preemption)
 
+        # Workers of one run must end with identical weights; the digest in each log shows it.
+        log.info("final weights digest: %s", export.weights_digest(clf))
+
         # -- evaluate
         with timer("evaluate"):
             logits = evaluation.predict_logits(clf, val_enc, global_batch, cfg.model.max_length, pad_id)
@@ -127,6 +131,8 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
             "status": "complete",
             "settings_fingerprint": fingerprint,
             "replicas": topo.replicas,
+            "workers": topo.workers,
+            "cluster_source": topo.source,
             "global_batch_size": global_batch,
             "steps_per_epoch": steps,
             "data": {"train_examples": len(data.train), "validation_examples": len(data.validation),
@@ -152,6 +158,10 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
             report.write_metrics(staging / report.METRICS, metrics)
             return [report.METRICS]
 
+        if not topo.is_chief:
+            # Every worker exports (TF's rule for multi-worker saving); only the chief publishes.
+            log.info("worker %d done; the chief publishes the run", topo.worker_index)
+            return None
         storage.publish(staging, cfg.output.output, cfg.output.overwrite, finalize=record_upload)
         store.clear()
     log.info("published to %s (accuracy %.4f)", cfg.output.output, final["accuracy"])

@@ -1,0 +1,198 @@
+"""Batch predictions with a published run: class probabilities for many texts, written to a file.
+
+    from job import predict
+    probs, names = predict.predict_rows(Path("runs/r1"), texts, None, batch_size=64, max_length=128)
+    predict.write_predictions(texts, probs, names, Path("predictions.jsonl"))
+
+`model_dir` is a run folder (local; fetch a gs:// run first with storage.fetch_tree). Its
+`saved_model/` is used when present - a traced graph: faster, and no transformers model code runs -
+else `hf_model/` through TFAutoModelForSequenceClassification. The tokenizer and the class names
+always come from `hf_model/` (the SavedModel holds neither).
+
+Tokenization and batching are the training job's own (job.features): the same truncation, rows
+sorted by length so each batch pads little, batches padded to a multiple of 16 (few traced shapes).
+Probabilities come back in input order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from job import export, features
+from job.errors import ConfigError, DataError, ModelError
+
+log = logging.getLogger(__name__)
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+CSV_SUFFIXES = (".csv",)
+
+
+@dataclass(frozen=True)
+class Predictor:
+    kind: str  # "saved_model" or "hf_model": which one computes the probabilities
+    tokenizer: object
+    label_names: tuple[str, ...]
+    input_names: tuple[str, ...]  # what the model takes, in the tokenizer's order
+    probabilities: Callable[[dict[str, np.ndarray]], np.ndarray]  # padded int32 batch -> [batch, K] float32
+
+
+def _hf_dir(model_dir: Path) -> Path:
+    # A run folder holds hf_model/; a bare Hugging Face folder (config.json at the top) works too.
+    for candidate in (model_dir / export.HF_MODEL, model_dir):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelError(f"{model_dir} holds no {export.HF_MODEL}/config.json: give the folder of a published run")
+
+
+def label_names(hf_dir: Path) -> tuple[str, ...]:
+    """Class names by id from config.json's id2label (read directly: no model needed)."""
+    config = json.loads((hf_dir / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    try:
+        ids = sorted(int(k) for k in id2label)
+    except ValueError:
+        raise ModelError(f"{hf_dir}/config.json: id2label keys are not class ids: {list(id2label)[:5]}") from None
+    if not ids or ids != list(range(len(ids))):
+        raise ModelError(f"{hf_dir}/config.json: id2label must name classes 0..K-1, got ids {ids[:10]}")
+    return tuple(str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in ids)
+
+
+def load_predictor(model_dir: Path, max_length: int) -> Predictor:
+    import tensorflow as tf
+
+    from job import model as model_step
+    from job.config import ModelConfig
+
+    model_dir = Path(model_dir).expanduser()
+    hf_dir = _hf_dir(model_dir)
+    # load_tokenizer refuses a max_length beyond the model's position limit with a ConfigError.
+    tokenizer = model_step.load_tokenizer(hf_dir, ModelConfig(max_length=max_length))
+    names = label_names(hf_dir)
+    token_names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+
+    saved = model_dir / export.SAVED_MODEL
+    if (saved / "saved_model.pb").is_file():
+        serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
+        wanted = set(serve.structured_input_signature[1])
+        missing = wanted - set(token_names)
+        if missing:
+            raise ModelError(f"{saved} wants inputs {sorted(missing)} that the tokenizer in {hf_dir} does not produce")
+        inputs = tuple(n for n in token_names if n in wanted)
+
+        def probabilities(batch):
+            return serve(**{n: tf.constant(batch[n], tf.int32) for n in inputs})["probabilities"].numpy()
+
+        return Predictor("saved_model", tokenizer, names, inputs, probabilities)
+
+    from transformers import TFAutoModelForSequenceClassification
+
+    clf = TFAutoModelForSequenceClassification.from_pretrained(str(hf_dir))
+    inputs = tuple(token_names)
+
+    @tf.function(reduce_retracing=True)
+    def forward(batch):
+        logits = tf.cast(clf(batch, training=False).logits, tf.float32)
+        return tf.nn.softmax(logits, axis=-1)
+
+    def probabilities(batch):
+        return forward({n: tf.constant(batch[n], tf.int32) for n in inputs}).numpy()
+
+    return Predictor("hf_model", tokenizer, names, inputs, probabilities)
+
+
+def predict_with(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int,
+                 max_length: int, log_every: int = 100) -> np.ndarray:
+    """[len(texts), K] float32 probabilities, in input order; one progress line every `log_every` batches."""
+    from job.data import Split
+
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if pairs is not None and len(pairs) != len(texts):
+        raise DataError(f"{len(texts)} texts but {len(pairs)} text pairs: give one pair per text")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise DataError(f"row {i + 1}: the text is {type(t).__name__}, not a string")
+        if pairs is not None and not isinstance(pairs[i], str):
+            raise DataError(f"row {i + 1}: the text pair is {type(pairs[i]).__name__}, not a string")
+    k = len(predictor.label_names)
+    out = np.zeros((len(texts), k), dtype=np.float32)
+    if not texts:
+        return out
+    split = Split(tuple(texts), tuple(pairs) if pairs is not None else None, np.zeros(len(texts), np.int32))
+    enc = features.encode(split, predictor.tokenizer, max_length)
+    pad_id = predictor.tokenizer.pad_token_id or 0
+    batches = features.plan_batches(enc.lengths, batch_size, 0, 0, shuffle=False)
+    t0, done = time.perf_counter(), 0
+    for b, idx in enumerate(batches, 1):
+        batch = features.pad_batch(enc, idx, max_length, pad_id)
+        out[idx] = predictor.probabilities(batch)
+        done += len(idx)
+        if b % log_every == 0 or b == len(batches):
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            log.info("predicted %d/%d rows (%d/%d batches, %.0f rows/s)", done, len(texts), b, len(batches), rate)
+    return out
+
+
+def predict_rows(model_dir: Path, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int,
+                 max_length: int, log_every: int = 100) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(probabilities [len(texts), K] float32 in input order, class names by id) from a run folder."""
+    predictor = load_predictor(Path(model_dir), max_length)
+    log.info("predicting %d rows with %s/%s (%d classes), batch %d, max_length %d", len(texts), model_dir,
+             predictor.kind, len(predictor.label_names), batch_size, max_length)
+    return predict_with(predictor, texts, pairs, batch_size, max_length, log_every), predictor.label_names
+
+
+# --------------------------------------------------------------------------------------------
+# Output file
+
+def _prob(p: float) -> float:
+    # float32 carries ~7 significant digits; printing 17 would only add noise to the file.
+    return float(f"{p:.7g}")
+
+
+def write_predictions(rows: Sequence[str], probs: np.ndarray, names: Sequence[str], path: Path,
+                      pairs: Sequence[str] | None = None) -> Path:
+    """One line/row per input: text (and text_pair), predicted label id and name, and the
+    probability of every class - JSON Lines (.jsonl/.ndjson/.json) or CSV (.csv, one
+    `probability_<name>` column per class). Written to a temp file and renamed: never half a file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in JSONL_SUFFIXES + CSV_SUFFIXES:
+        raise ConfigError(f"predictions file {path}: use a .jsonl or .csv name")
+    probs = np.asarray(probs)
+    if probs.shape != (len(rows), len(names)):
+        raise DataError(f"{len(rows)} rows and {len(names)} classes, but probabilities of shape {probs.shape}")
+    if pairs is not None and len(pairs) != len(rows):
+        raise DataError(f"{len(rows)} texts but {len(pairs)} text pairs")
+    labels = probs.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            if suffix in CSV_SUFFIXES:
+                writer = csv.writer(f)
+                writer.writerow(["text", *(["text_pair"] if pairs is not None else []), "label", "label_name",
+                                 *(f"probability_{n}" for n in names)])
+                for i, text in enumerate(rows):
+                    writer.writerow([text, *([pairs[i]] if pairs is not None else []), int(labels[i]),
+                                     names[labels[i]], *(_prob(p) for p in probs[i])])
+            else:
+                for i, text in enumerate(rows):
+                    record = {"text": text, **({"text_pair": pairs[i]} if pairs is not None else {}),
+                              "label": int(labels[i]), "label_name": names[labels[i]],
+                              "probabilities": {n: _prob(p) for n, p in zip(names, probs[i])}}
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

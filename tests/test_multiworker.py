@@ -1,0 +1,136 @@
+"""Multi-worker training: two real worker processes on 127.0.0.1 run the job together with
+MultiWorkerMirroredStrategy, and the cluster layout is resolved from each platform's variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FAST, ROOT
+from job import distribution, emulator
+from job.errors import ConfigError
+
+
+def two_workers(args, envs, tmp_path, timeout=600):
+    procs = []
+    for i, env in enumerate(envs):
+        log = open(tmp_path / f"worker{i}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py"), "train", *args],
+                                      env={**os.environ, "TF_USE_LEGACY_KERAS": "1", **env},
+                                      stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT))
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    return codes, [(tmp_path / f"worker{i}.log").read_text() for i in range(len(envs))]
+
+
+def digest(log):
+    return re.search(r"final weights digest: (\w+)", log).group(1)
+
+
+@pytest.mark.parametrize("style", ["TF_CONFIG", "indexed-job"])
+def test_two_workers_train_together(style, tiny_checkpoints, toy_data, tmp_path):
+    ports = [emulator.free_port(), emulator.free_port()]
+    hosts = [f"127.0.0.1:{p}" for p in ports]
+    if style == "TF_CONFIG":
+        envs = [{"TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})}
+                for i in range(2)]
+    else:
+        envs = [{"JOB_COMPLETION_INDEX": str(i), "FT_WORKER_HOSTS": ",".join(hosts)} for i in range(2)]
+    out = tmp_path / "out"
+    args = ["--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]), "--output", str(out),
+            *FAST, "--epochs", "8", "--learning-rate", "1e-3", "--cluster-timeout", "120"]
+    codes, logs = two_workers(args, envs, tmp_path)
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert f"cluster from {style}" in logs[0] and "this is worker:0 (chief)" in logs[0]
+    assert "this is worker:1 (worker)" in logs[1]
+    assert digest(logs[0]) == digest(logs[1])
+    assert "the chief publishes the run" in logs[1] and "published to" not in logs[1]
+    m = json.loads((out / "metrics.json").read_text())
+    # 2 workers x 1 CPU replica: global batch 32, 320 rows -> 10 steps per epoch on each worker.
+    assert m["replicas"] == 2 and m["workers"] == 2 and m["global_batch_size"] == 32
+    assert m["steps_per_epoch"] == 10 and m["cluster_source"] == style
+    assert m["epochs"][-1]["loss"] < m["epochs"][0]["loss"]
+    assert m["final_evaluation"]["accuracy"] >= 0.85
+
+
+def test_unreachable_peer_fails_within_the_timeout(tiny_checkpoints, toy_data, tmp_path):
+    hosts = [f"127.0.0.1:{emulator.free_port()}", f"127.0.0.1:{emulator.free_port()}"]
+    env = {"TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": 0}})}
+    codes, logs = two_workers(["--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]), "--output",
+                               str(tmp_path / "out"), *FAST, "--cluster-timeout", "5"], [env], tmp_path, timeout=120)
+    assert codes == [-9], logs[0][-2000:]  # killed by its watchdog: Kubernetes retries it
+    assert re.search(r"^error: workers unreachable for 5s from worker:0 \(peers: 127.0.0.1:\d+\)",
+                     logs[0].strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Cluster resolution (no TensorFlow needed)
+
+def test_no_cluster_is_one_machine():
+    c = distribution.resolve_cluster({})
+    assert c.source == "none" and c.tf_config is None and c.is_chief and c.workers == 1
+
+
+def test_tf_config_as_given():
+    tf_config = {"cluster": {"chief": ["c:1"], "worker": ["w0:1", "w1:1"]}, "task": {"type": "worker", "index": 1}}
+    c = distribution.resolve_cluster({"TF_CONFIG": json.dumps(tf_config)})
+    assert c.tf_config == tf_config and c.workers == 3 and not c.is_chief and c.worker_index == 2
+
+
+def test_vertex_cluster_spec():
+    spec = {"cluster": {"workerpool0": ["cmle-training-workerpool0-ab-0:2222"],
+                        "workerpool1": ["cmle-training-workerpool1-ab-0:2222", "cmle-training-workerpool1-ab-1:2222"]},
+            "environment": "cloud", "task": {"type": "workerpool1", "index": 1}}
+    c = distribution.resolve_cluster({"CLUSTER_SPEC": json.dumps(spec)})
+    assert c.tf_config == {"cluster": {"chief": spec["cluster"]["workerpool0"], "worker": spec["cluster"]["workerpool1"]},
+                           "task": {"type": "worker", "index": 1}}
+    chief = distribution.resolve_cluster({"CLUSTER_SPEC": json.dumps({**spec, "task": {"type": "workerpool0", "index": 0}})})
+    assert chief.is_chief and chief.worker_index == 0
+
+
+def test_indexed_job_builds_stable_hostnames():
+    env = {"JOB_COMPLETION_INDEX": "2", "FT_NUM_WORKERS": "3", "FT_WORKER_SERVICE": "ft-workers", "JOB_NAME": "ft-run"}
+    c = distribution.resolve_cluster(env)
+    assert c.tf_config == {"cluster": {"worker": ["ft-run-0.ft-workers:2222", "ft-run-1.ft-workers:2222",
+                                                  "ft-run-2.ft-workers:2222"]}, "task": {"type": "worker", "index": 2}}
+    assert c.source == "indexed-job" and not c.is_chief
+    assert distribution.resolve_cluster({**env, "FT_NUM_WORKERS": "1", "JOB_COMPLETION_INDEX": "0"}).tf_config is None
+
+
+BAD = [
+    ({"TF_CONFIG": "{not json"}, "TF_CONFIG is not valid JSON"),
+    ({"TF_CONFIG": "[]"}, "must be a JSON object"),
+    ({"TF_CONFIG": json.dumps({"task": {"type": "worker", "index": 0}})}, "has no 'cluster'"),
+    ({"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]}})}, "has no 'task'"),
+    ({"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 5}})},
+     "task worker:5 is not in the cluster"),
+    ({"TF_CONFIG": json.dumps({"cluster": {"worker": ["a", "b:2"]}, "task": {"type": "worker", "index": 0}})},
+     "'host:port' strings"),
+    ({"TF_CONFIG": json.dumps({"cluster": {"ps": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 0}})},
+     "parameter servers are not supported"),
+    ({"CLUSTER_SPEC": json.dumps({"cluster": {"workerpool1": ["a:1"]}, "task": {"type": "workerpool1", "index": 0}})},
+     "no cluster.workerpool0"),
+    ({"CLUSTER_SPEC": json.dumps({"cluster": {"workerpool0": ["a:1"]}, "task": {"type": "workerpool2", "index": 0}})},
+     "task.type must be workerpool0 or workerpool1"),
+    ({"JOB_COMPLETION_INDEX": "x", "FT_NUM_WORKERS": "2"}, "JOB_COMPLETION_INDEX must be a non-negative integer"),
+    ({"JOB_COMPLETION_INDEX": "0", "FT_NUM_WORKERS": "two"}, "FT_NUM_WORKERS must be a positive integer"),
+    ({"JOB_COMPLETION_INDEX": "0", "FT_NUM_WORKERS": "2"}, "needs FT_WORKER_SERVICE"),
+    ({"JOB_COMPLETION_INDEX": "3", "FT_WORKER_HOSTS": "a:1,b:1"}, "task worker:3 is not in the cluster"),
+]
+
+
+@pytest.mark.parametrize("env,message", BAD, ids=[m for _, m in BAD])
+def test_malformed_cluster_settings(env, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        distribution.resolve_cluster(env)
