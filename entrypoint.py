@@ -15,8 +15,10 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import json
 import logging
-import sys
+import tempfile
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -36,8 +38,23 @@ def _opt(envvar: str, help: str, panel: str, *names: str):
     return typer.Option(*names, envvar=envvar, help=help, rich_help_panel=panel)
 
 
+@app.callback()
+def main(
+    log_format: Annotated[str, typer.Option(envvar="FT_LOG_FORMAT", help="text, or json: one object per line with severity and message (Cloud Logging).")] = "text",
+    log_level: Annotated[str, typer.Option(envvar="FT_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Fine-tune a pretrained Hugging Face transformer for text classification."""
+    from job.logs import setup_logging
+
+    if log_format not in ("text", "json"):
+        typer.echo(f"error: --log-format must be text or json, got {log_format!r}", err=True)
+        raise typer.Exit(int(ExitCode.USAGE))
+    setup_logging(log_format, log_level.upper())
+
+
 @app.command()
 def train(
+    ctx: typer.Context,
     model: Annotated[str, _opt("FT_MODEL", "Pretrained checkpoint: hub id, local folder or gs:// folder.", MODEL)] = "",
     output: Annotated[str, _opt("FT_OUTPUT", "Where the finished run is published: local folder or gs:// prefix.", OUT)] = "",
     data: Annotated[Optional[str], _opt("FT_DATA", "Folder/prefix holding train.* and validation.* or dev.* (files or folders of shards).", DATA)] = None,
@@ -61,13 +78,35 @@ def train(
     checkpoint_every: Annotated[int, _opt("FT_CHECKPOINT_EVERY", "Save training state every N steps (and each epoch); 0: epochs only.", TRAIN)] = TrainConfig.checkpoint_every,
     cluster_timeout: Annotated[int, _opt("FT_CLUSTER_TIMEOUT", "Multi-worker: seconds to wait for peers before failing.", TRAIN)] = TrainConfig.cluster_timeout,
     checkpoint_dir: Annotated[str, _opt("FT_CHECKPOINT_DIR", "Where training state is kept for resuming (default: OUTPUT.checkpoints).", OUT)] = "",
+    output_root: Annotated[str, _opt("FT_OUTPUT_ROOT", "Retraining root: the run goes to ROOT/runs/RUN_ID, the champion pointer is ROOT/champion.json.", OUT)] = "",
+    run_id: Annotated[str, _opt("FT_RUN_ID", "Name of the run (default: UTC time + random suffix); keep it across retries.", OUT)] = "",
+    promote_if_better: Annotated[str, _opt("FT_PROMOTE_IF_BETTER", "METRIC[:MIN_DELTA] (accuracy, macro_f1, loss): become the champion only if better.", OUT)] = "",
+    force_promotion: Annotated[bool, _opt("FT_FORCE_PROMOTION", "Promote even if the validation data differ from the champion's.", OUT)] = False,
+    tensorboard_dir: Annotated[str, _opt("FT_TENSORBOARD_DIR", "Also copy the TensorBoard events here (Vertex AI: AIP_TENSORBOARD_LOG_DIR).", OUT)] = "",
+    report_dir: Annotated[str, _opt("FT_REPORT_DIR", "Also copy report/ here (SageMaker: SM_OUTPUT_DATA_DIR).", OUT)] = "",
     overwrite: Annotated[bool, _opt("FT_OVERWRITE", "Replace a completed run already at --output.", OUT)] = False,
     work_dir: Annotated[str, _opt("FT_WORK_DIR", "Local scratch for downloads and staging (default: a temp folder).", OUT)] = "",
 ) -> None:
     """Fine-tune MODEL on labelled text and publish the model, SavedModel and metrics to OUTPUT."""
-    _setup_logging()
 
     def build() -> JobConfig:
+        nonlocal output, run_id, train, validation, checkpoint_dir, tensorboard_dir, report_dir
+        # Platform conventions (Vertex AI, SageMaker) fill only options the user left at default.
+        from job import platform
+        from job.config import resolve_output
+
+        # Compared by name: typer vendors click, so its ParameterSource enum is not importable stably.
+        given = {name for name in ctx.params if ctx.get_parameter_source(name).name != "DEFAULT"}
+        defaults = platform.platform_defaults(os.environ)
+        if defaults:
+            log.info("%s", platform.describe(os.environ))
+        current = {"output": output, "train": train, "validation": validation, "checkpoint_dir": checkpoint_dir,
+                   "tensorboard_dir": tensorboard_dir, "report_dir": report_dir}
+        resolved = platform.apply_defaults(current, given, defaults)
+        output, train, validation = resolved["output"], resolved["train"], resolved["validation"]
+        checkpoint_dir, tensorboard_dir, report_dir = (resolved["checkpoint_dir"], resolved["tensorboard_dir"],
+                                                       resolved["report_dir"])
+        output, run_id = resolve_output(output, output_root, run_id)
         return JobConfig(
             data=DataConfig(data=data, train=train, validation=validation, text_column=text_column,
                             text_pair_column=text_pair_column, label_column=label_column, header=header,
@@ -78,14 +117,87 @@ def train(
                               learning_rate=learning_rate, warmup_ratio=warmup_ratio,
                               weight_decay=weight_decay, seed=seed, checkpoint_every=checkpoint_every,
                               cluster_timeout=cluster_timeout),
-            output=OutputConfig(output=output, overwrite=overwrite, work_dir=work_dir,
-                                checkpoint_dir=checkpoint_dir),
+            output=OutputConfig(output=output, output_root=output_root, run_id=run_id,
+                                promote_if_better=promote_if_better, force_promotion=force_promotion,
+                                tensorboard_dir=tensorboard_dir, report_dir=report_dir, overwrite=overwrite,
+                                work_dir=work_dir, checkpoint_dir=checkpoint_dir),
         )
 
     def go() -> None:
         from job.run import run
 
         run(build())
+
+    _exit_with(go)
+
+
+def _rows_config(text_column: str, text_pair_column: str | None, label_column: str, header: bool,
+                 data_format: str) -> DataConfig:
+    from job.config import DATA_FORMATS
+    from job.errors import ConfigError
+
+    if data_format not in DATA_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(DATA_FORMATS)}, got {data_format!r}")
+    return DataConfig(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
+                      header=header, data_format=data_format)
+
+
+RunOpt = Annotated[str, typer.Option("--model", envvar="FT_MODEL", help="A run folder (local or gs://), or an output root whose champion.json names one.")]
+DataOpt = Annotated[str, typer.Option("--data", envvar="FT_DATA", help="A file or a folder/prefix of files (CSV, TSV, JSON Lines, Parquet).")]
+TextOpt = Annotated[str, typer.Option(envvar="FT_TEXT_COLUMN", help="Text column (0-based position with --no-header).")]
+PairOpt = Annotated[Optional[str], typer.Option(envvar="FT_TEXT_PAIR_COLUMN", help="Second text column, for sentence pairs.")]
+HeaderOpt = Annotated[bool, typer.Option(envvar="FT_HEADER", help="CSV/TSV files start with a header row.")]
+FormatOpt = Annotated[str, typer.Option("--format", envvar="FT_FORMAT", help="auto, csv, tsv, jsonl or parquet.")]
+BatchOpt = Annotated[int, typer.Option(envvar="FT_BATCH_SIZE", help="Rows per prediction batch.")]
+LengthOpt = Annotated[int, typer.Option(envvar="FT_MAX_LENGTH", help="Truncate texts to this many tokens.")]
+
+
+@app.command()
+def predict(
+    model: RunOpt = "",
+    data: DataOpt = "",
+    output: Annotated[str, typer.Option(envvar="FT_PREDICTIONS", help="Predictions file (.jsonl or .csv), local or gs://.")] = "",
+    text_column: TextOpt = "text", text_pair_column: PairOpt = None, header: HeaderOpt = True,
+    data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = 128,
+) -> None:
+    """Predict a label and class probabilities for every row of DATA with a trained run."""
+
+    def go() -> None:
+        from job.errors import ConfigError
+        from job.predict import predict_command
+
+        if not (model and data and output):
+            raise ConfigError("predict needs --model, --data and --output")
+        with tempfile.TemporaryDirectory() as tmp:
+            result = predict_command(model, data, output, _rows_config(text_column, text_pair_column, "label", header,
+                                                                        data_format), batch_size, max_length, Path(tmp))
+        typer.echo(json.dumps(result))
+
+    _exit_with(go)
+
+
+@app.command()
+def evaluate(
+    model: RunOpt = "",
+    data: DataOpt = "",
+    output: Annotated[str, typer.Option(envvar="FT_EVALUATION", help="Also write the metrics JSON here (local or gs://).")] = "",
+    text_column: TextOpt = "text", text_pair_column: PairOpt = None,
+    label_column: Annotated[str, typer.Option(envvar="FT_LABEL_COLUMN", help="Label column (class names of the model).")] = "label",
+    header: HeaderOpt = True, data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = 128,
+) -> None:
+    """Score a trained run on a labelled file: the same metrics as training's evaluation."""
+
+    def go() -> None:
+        from job.errors import ConfigError
+        from job.predict import evaluate_command
+
+        if not (model and data):
+            raise ConfigError("evaluate needs --model and --data")
+        with tempfile.TemporaryDirectory() as tmp:
+            result = evaluate_command(model, data, output or None,
+                                      _rows_config(text_column, text_pair_column, label_column, header, data_format),
+                                      batch_size, max_length, Path(tmp))
+        typer.echo(json.dumps(result["evaluation"], indent=2))
 
     _exit_with(go)
 
@@ -97,13 +209,6 @@ def version() -> None:
 
     for name, v in package_versions().items():
         typer.echo(f"{name} {v}")
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=os.environ.get("FT_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("absl", "h5py", "urllib3", "google", "datasets", "transformers.modeling_tf_utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _exit_with(step) -> None:

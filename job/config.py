@@ -8,7 +8,10 @@ environment variables onto these fields.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
+import re
+import secrets
 from typing import Any
 
 from job.errors import ConfigError
@@ -66,8 +69,23 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
-    # Where the finished run is published (local folder or gs:// prefix).
+    # Where the finished run is published (local folder or gs:// prefix). Empty with output_root:
+    # `<output_root>/runs/<run_id>`.
     output: str = ""
+    # Scheduled retraining: every run under `<output_root>/runs/`, the champion pointer at
+    # `<output_root>/champion.json`, promotion decisions under `<output_root>/promotions/`.
+    output_root: str = ""
+    # The run's name; from the start time and a random suffix when empty. Kubernetes passes the
+    # Job's name so that a retried pod continues (and publishes) the same run.
+    run_id: str = ""
+    # METRIC[:MIN_DELTA] (accuracy, macro_f1 or loss): after publishing, make this run the champion
+    # only if it beats the current one by MIN_DELTA on the same validation data.
+    promote_if_better: str = ""
+    # Promote even across different validation data (or when champion.json is unreadable).
+    force_promotion: bool = False
+    # Extra places for copies of the run's TensorBoard events and report (platform conventions).
+    tensorboard_dir: str = ""
+    report_dir: str = ""
     # Replace a completed run already at `output` instead of refusing.
     overwrite: bool = False
     # Local scratch for downloads, staging and caches; a temp folder when empty.
@@ -94,6 +112,17 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
+def resolve_output(output: str, output_root: str, run_id: str) -> tuple[str, str]:
+    """(output, run_id): an explicit --output wins; else `<root>/runs/<run_id>`, naming the run
+    from the clock and a random suffix when no id is given."""
+    if not run_id:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        run_id = f"{stamp}-{secrets.token_hex(3)}"
+    if output or not output_root:
+        return output, run_id
+    return output_root.rstrip("/") + "/runs/" + run_id, run_id
+
+
 def _positive(name: str, value: float | int | None) -> None:
     if value is not None and (not math.isfinite(value) or value <= 0):
         raise ConfigError(f"--{name} must be greater than 0, got {value}")
@@ -107,7 +136,15 @@ def validate(cfg: JobConfig) -> None:
     if not m.model:
         raise ConfigError("no model: pass --model (a hub id, a local directory or a gs:// directory)")
     if not o.output:
-        raise ConfigError("no output: pass --output (a local folder or a gs:// prefix)")
+        raise ConfigError("no output: pass --output (a local folder or a gs:// prefix) or --output-root")
+    if o.promote_if_better and not o.output_root:
+        raise ConfigError("--promote-if-better needs --output-root, where champion.json lives")
+    if o.promote_if_better:
+        from job.champion import parse_promote_spec
+
+        parse_promote_spec(o.promote_if_better)
+    if o.run_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", o.run_id):
+        raise ConfigError(f"--run-id {o.run_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")
     if d.data_format not in DATA_FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(DATA_FORMATS)}, got {d.data_format!r}")
     if not 0 < d.validation_fraction < 1:

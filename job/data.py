@@ -233,7 +233,7 @@ class RawSplit:
     labels: list[str]
 
 
-def read_split(paths: list[Path], shown: list[str], cfg: DataConfig) -> RawSplit:
+def read_split(paths: list[Path], shown: list[str], cfg: DataConfig, labelled: bool = True) -> RawSplit:
     texts, pairs, labels = [], [] if cfg.text_pair_column else None, []
     for path, name in zip(paths, shown):
         frame = read_table(path, name, file_format(name, cfg.data_format), cfg.header)
@@ -243,8 +243,15 @@ def read_split(paths: list[Path], shown: list[str], cfg: DataConfig) -> RawSplit
         if pairs is not None:
             pairs += _texts(_column(frame, cfg.text_pair_column, "text-pair-column", name),
                             "text-pair-column", name, cfg.header)
-        labels += _label_strings(_column(frame, cfg.label_column, "label-column", name), name, cfg.header)
+        if labelled:
+            labels += _label_strings(_column(frame, cfg.label_column, "label-column", name), name, cfg.header)
     return RawSplit(texts, pairs, labels)
+
+
+def read_rows(uri: str, cfg: DataConfig, scratch: Path, labelled: bool) -> RawSplit:
+    """Every row of the file or folder/prefix at `uri` (for predict and evaluate)."""
+    files = storage.list_files(uri)
+    return read_split(storage.fetch(files, uri, scratch), [f.uri for f in files], cfg, labelled)
 
 
 def encode_labels(train: list[str], validation: list[str] | None, num_labels: int | None

@@ -196,3 +196,58 @@ def write_predictions(rows: Sequence[str], probs: np.ndarray, names: Sequence[st
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# The predict and evaluate commands: storage in, storage out
+
+def resolve_run(model_uri: str, scratch: Path) -> tuple[str, Path]:
+    """(run uri, local copy) for a run folder, or for an output root whose champion.json names one."""
+    from job import champion, storage
+
+    pointer, _ = champion.read_champion(model_uri)
+    uri = pointer["uri"] if pointer else model_uri
+    if pointer:
+        log.info("%s", champion.describe(pointer))
+    return uri, storage.fetch_tree(uri, scratch / "run")
+
+
+def predict_command(model_uri: str, data_uri: str, output_uri: str, data_cfg, batch_size: int,
+                    max_length: int, scratch: Path) -> dict:
+    from job import data, storage
+
+    run_uri, local = resolve_run(model_uri, scratch)
+    rows = data.read_rows(data_uri, data_cfg, scratch / "data", labelled=False)
+    probs, names = predict_rows(local, rows.texts, rows.pairs, batch_size, max_length)
+    name = output_uri.rstrip("/").rsplit("/", 1)[-1]
+    parent = output_uri.rstrip("/")[: -len(name)].rstrip("/") or "."
+    write_predictions(rows.texts, probs, names, scratch / "out" / name, rows.pairs)
+    storage.put_files(scratch / "out", [name], parent)
+    log.info("wrote %d predictions of %s to %s", len(rows.texts), run_uri, output_uri)
+    return {"model": run_uri, "rows": len(rows.texts), "output": output_uri}
+
+
+def evaluate_command(model_uri: str, data_uri: str, output_uri: str | None, data_cfg, batch_size: int,
+                     max_length: int, scratch: Path) -> dict:
+    """The training evaluation's metrics for a trained model on a labelled file or folder."""
+    from job import data, evaluation, storage
+
+    run_uri, local = resolve_run(model_uri, scratch)
+    rows = data.read_rows(data_uri, data_cfg, scratch / "data", labelled=True)
+    probs, names = predict_rows(local, rows.texts, rows.pairs, batch_size, max_length)
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted({v for v in rows.labels if v not in index})
+    if unknown:
+        raise DataError(f"labels {unknown[:5]} in {data_uri} are not classes of the model "
+                        f"({', '.join(names[:10])})")
+    labels = np.array([index[v] for v in rows.labels], dtype=np.int64)
+    # Log-probabilities stand in for logits: the metrics take a log-softmax, which they survive.
+    metrics = evaluation.classification_metrics(labels, np.log(np.clip(probs, 1e-12, 1.0)), names)
+    result = {"model": run_uri, "data": data_uri, "evaluation": metrics}
+    if output_uri:
+        name = output_uri.rstrip("/").rsplit("/", 1)[-1]
+        parent = output_uri.rstrip("/")[: -len(name)].rstrip("/") or "."
+        (scratch / "out").mkdir(parents=True, exist_ok=True)
+        (scratch / "out" / name).write_text(json.dumps(result, indent=2) + "\n")
+        storage.put_files(scratch / "out", [name], parent)
+    return result

@@ -14,12 +14,16 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from job import checkpoints, distribution, evaluation, export, features, report, storage, training
+from job import (champion, checkpoints, distribution, evaluation, export, features, modelcard, plots, progress,
+                 report, storage, tblog, training)
 from job import data as data_step
 from job import model as model_step
 from job.config import JobConfig
 
 log = logging.getLogger(__name__)
+
+TENSORBOARD = "tensorboard"
+REPORT = "report"
 
 
 @contextlib.contextmanager
@@ -57,9 +61,11 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
     fingerprint = settings_fingerprint(cfg)
     # Refuse early: hours of training must not end in "output exists". A retry of a run that
     # published just before it was killed finds its own result there: done, not an error.
-    if not cfg.output.overwrite and _already_published(cfg.output.output, fingerprint):
+    if not cfg.output.overwrite and (earlier := _already_published(cfg.output.output, fingerprint)):
         log.info("%s already holds this run (same settings, published by an earlier attempt)", cfg.output.output)
-        return None
+        if cfg.output.promote_if_better:
+            promote(cfg, earlier)  # the attempt may have died between publishing and promoting
+        return earlier
     storage.check_output_free(cfg.output.output, cfg.output.overwrite)
 
     with workspace(cfg) as scratch:
@@ -107,8 +113,12 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
             checkpoints.settings_fingerprint({"run": fingerprint, "data": data.fingerprint("train"),
                                               "validation": data.fingerprint("validation")}),
             enabled=topo.is_chief)
+        staging = scratch / "staging"
+        staging.mkdir()
+        board = tblog.TensorBoardLogger(staging / TENSORBOARD)
         with timer("train"):
-            history, meter = training.fit(clf, train_ds, (val_ds, val_steps), cfg.train, steps, store, preemption)
+            history, meter = training.fit(clf, train_ds, (val_ds, val_steps), cfg.train, steps, store, preemption,
+                                          callbacks=[board, progress.ProgressLog(steps * cfg.train.epochs)])
 
         # Workers of one run must end with identical weights; the digest in each log shows it.
         log.info("final weights digest: %s", export.weights_digest(clf))
@@ -121,12 +131,11 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
                  final["loss"])
 
         # -- export and publish
-        staging = scratch / "staging"
-        staging.mkdir()
         with timer("export"):
             layout = export.export_all(clf, tokenizer, train_enc.names, staging)
         train_seconds = sum(meter.epoch_seconds)
         metrics = {
+            "run_id": cfg.output.run_id,
             "started_at": timer.started.isoformat(),
             "status": "complete",
             "settings_fingerprint": fingerprint,
@@ -152,6 +161,8 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
             "versions": report.package_versions(),
         }
         report.write_metrics(staging / report.METRICS, metrics)
+        with timer("report"):
+            write_report(staging, metrics, board.learning_rates, cfg.output.output)
 
         def record_upload(seconds: float) -> list[str]:
             metrics["phases_seconds"]["upload"] = round(seconds, 3)
@@ -164,15 +175,53 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
             return None
         storage.publish(staging, cfg.output.output, cfg.output.overwrite, finalize=record_upload)
         store.clear()
-    log.info("published to %s (accuracy %.4f)", cfg.output.output, final["accuracy"])
+        log.info("published to %s (accuracy %.4f)", cfg.output.output, final["accuracy"])
+        copy_for_platform(cfg, staging)
+    if cfg.output.promote_if_better:
+        promote(cfg, metrics)
     return metrics
 
 
-def _already_published(output: str, fingerprint: str) -> bool:
+def write_report(staging: Path, metrics: dict, learning_rates: list[float], run_uri: str) -> None:
+    """report/: PNG plots and the model card (README.md), part of the published run."""
+    folder = staging / REPORT
+    folder.mkdir(exist_ok=True)
+    plot_files = plots.write_report_plots(metrics, learning_rates, folder)
+    (folder / "README.md").write_text(modelcard.model_card(metrics, run_uri, plot_files))
+
+
+def copy_for_platform(cfg: JobConfig, staging: Path) -> None:
+    """Extra copies where a platform looks for them (Vertex AI TensorBoard, SageMaker output data)."""
+    for source, dest in ((TENSORBOARD, cfg.output.tensorboard_dir), (REPORT, cfg.output.report_dir)):
+        if dest:
+            root = staging / source
+            names = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
+            storage.put_files(root, names, dest)
+            log.info("copied %s/ to %s", source, dest)
+
+
+def promote(cfg: JobConfig, metrics: dict) -> None:
+    """Make this run the champion if it is better; record the decision under promotions/."""
+    o = cfg.output
+    decision = champion.promote_if_better(o.output_root, o.run_id, o.output, metrics, o.promote_if_better,
+                                          force=o.force_promotion)
+    log.info("promotion: %s -> %s", "promoted" if decision.promote else "not promoted", decision.reason)
+    record = {"run": o.run_id, "uri": o.output, "promoted": decision.promote, "reason": decision.reason,
+              "spec": o.promote_if_better, "metrics": {k: metrics["final_evaluation"][k]
+                                                        for k in ("accuracy", "macro_f1", "loss")}}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / f"{o.run_id}.json").write_text(json.dumps(record, indent=2) + "\n")
+        storage.put_files(Path(tmp), [f"{o.run_id}.json"], storage.join(o.output_root, "promotions"))
+    metrics["promotion"] = record
+
+
+def _already_published(output: str, fingerprint: str) -> dict | None:
+    """The metrics of a completed run at `output` made with these settings, else None."""
     if storage.read_manifest(output) is None:
-        return False
+        return None
     raw = storage.read_bytes(storage.join(output, report.METRICS))
-    return raw is not None and json.loads(raw).get("settings_fingerprint") == fingerprint
+    metrics = json.loads(raw) if raw is not None else {}
+    return metrics if metrics.get("settings_fingerprint") == fingerprint else None
 
 
 def _per_epoch(history: dict) -> list[dict]:
