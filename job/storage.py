@@ -581,9 +581,11 @@ def put_files(local: Path, names: list[str], uri: str) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for name in names:
         # Copy then rename: a reader never sees a half-written file.
-        tmp = dest / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+        target = safe_local_path(dest, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
         shutil.copyfile(local / name, tmp)
-        os.replace(tmp, dest / name)
+        os.replace(tmp, target)
 
 
 def get_files(uri: str, names: list[str], local: Path) -> None:
