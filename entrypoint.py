@@ -46,10 +46,11 @@ def main(
     """Fine-tune a pretrained Hugging Face transformer for text classification."""
     from job.logs import setup_logging
 
-    if log_format not in ("text", "json"):
-        typer.echo(f"error: --log-format must be text or json, got {log_format!r}", err=True)
-        raise typer.Exit(int(ExitCode.USAGE))
-    setup_logging(log_format, log_level.upper())
+    try:
+        setup_logging(log_format, log_level)
+    except JobError as exc:
+        typer.echo(f"error: {exc} (--log-format/--log-level)", err=True)
+        raise typer.Exit(int(ExitCode.USAGE)) from None
 
 
 @app.command()
@@ -213,18 +214,20 @@ def version() -> None:
 
 def _exit_with(step) -> None:
     """Run `step`; turn every failure into one line on stderr and the exit code of its kind."""
+    from job.logs import redact
+
     try:
         step()
     except JobError as exc:
         log.error("%s", exc)
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {redact(str(exc))}", err=True)
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
         raise typer.Exit(int(ExitCode.RETRY)) from None
     except Exception as exc:  # a bug: keep the traceback in the log, but still one clear last line
         log.exception("internal error")
-        typer.echo(f"error: internal error ({type(exc).__name__}: {exc}); please report it", err=True)
+        typer.echo(f"error: internal error ({type(exc).__name__}: {redact(str(exc))}); please report it", err=True)
         raise typer.Exit(int(ExitCode.INTERNAL)) from None
 
 

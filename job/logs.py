@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
 from typing import IO
 
@@ -56,6 +57,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+# Query parameters and headers that carry credentials: signed URLs (GCS V2/V4, S3), OAuth tokens.
+_SECRET_PARAM = re.compile(r"(?i)\b((?:x-goog-signature|x-goog-credential|x-amz-signature|x-amz-credential|"
+                           r"x-amz-security-token|signature|sig|access_token|id_token|token|key|googleaccessid)=)"
+                           r"[^&\s'\"]+")
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[a-z0-9._~+/=-]+")
+
+
+def redact(text: str) -> str:
+    """`text` with signed-URL signatures and tokens replaced by REDACTED (logs, errors, metrics.json)."""
+    return _BEARER.sub(r"\1REDACTED", _SECRET_PARAM.sub(r"\1REDACTED", text))
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
 def severity(levelno: int) -> str:
     """Python level -> Cloud Logging severity; custom levels round down to the nearest named one."""
     for level, name in ((logging.CRITICAL, "CRITICAL"), (logging.ERROR, "ERROR"), (logging.WARNING, "WARNING"),
@@ -77,6 +99,7 @@ def setup_logging(fmt: str = "text", level: str = "INFO", stream: IO[str] | None
         raise ConfigError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt_name == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(RedactingFilter())
     logging.basicConfig(level=level_name, handlers=[handler], force=True)
     for name in NOISY:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level_name)))

@@ -42,5 +42,8 @@ class PhaseTimer:
 
 
 def write_metrics(path: Path, payload: dict) -> Path:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    from job.logs import redact
+
+    # The config holds user-given locations; a signed URL's signature must not be published.
+    path.write_text(redact(json.dumps(payload, indent=2, sort_keys=False)) + "\n")
     return path

@@ -3,6 +3,8 @@ nothing published."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from typer.testing import CliRunner
 
@@ -39,8 +41,8 @@ def good(tmp_path, tiny_checkpoints, toy_data):
     return {"data": str(toy_data), "model": str(tiny_checkpoints["tf"]), "out": str(tmp_path / "out")}
 
 
-def cases(tmp_path, good):
-    """(id, extra args replacing the good ones, message fragment, exit code)."""
+def cases(tmp_path, good, tiny_checkpoints):
+    """(id, args replacing/adding to the good ones, message fragment, exit code)."""
     header_only = write(tmp_path / "h/train.csv", "text,label\n")
     no_label = write(tmp_path / "nl/train.csv", "text,target\nx,1\ny,0\n")
     outside = tmp_path / "outside"
@@ -48,43 +50,81 @@ def cases(tmp_path, good):
     write(outside / "validation.csv", "text,label\nz,meh\n")
     no_weights = tmp_path / "noweights"
     write(no_weights / "config.json", '{"model_type": "bert"}')
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("text,label\ncaf\u00e9,1\nbad,0\n".encode("latin-1"))
+    tabs = write(tmp_path / "tabs.csv", "text\tlabel\nx\t1\ny\t0\n")
+    blank = write(tmp_path / "blank.csv", "text,label\nx,1\n \t ,0\n")
+    null_label = write(tmp_path / "nulllabel.csv", "text,label\nx,1\ny,\n")
+    one_class = write(tmp_path / "oneclass.csv", "text,label\nx,1\ny,1\nz,1\n")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_checkpoints["pt"], corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
+    no_config = tmp_path / "noconfig"
+    no_config.mkdir()
+    signed = "https://storage.googleapis.com/b/train.csv?X-Goog-Signature=SECRET123abc&X-Goog-Credential=me"
     return [
         ("missing data path", ["--data", str(tmp_path / "nope")], "does not exist", ExitCode.BAD_INPUT),
         ("missing text column", ["--text-column", "sentence"], "has no column 'sentence'", ExitCode.BAD_INPUT),
         ("missing label column", ["--train", no_label], "has no column 'label'", ExitCode.BAD_INPUT),
         ("empty split", ["--train", header_only], "header but no rows", ExitCode.BAD_INPUT),
         ("label outside classes", ["--data", str(outside)], "validation label 'meh' is not among", ExitCode.BAD_INPUT),
+        ("not utf-8", ["--train", str(latin1)], "is not UTF-8 (invalid byte 0xe9 on line 2)", ExitCode.BAD_INPUT),
+        ("wrong delimiter", ["--train", tabs], "try --format tsv", ExitCode.BAD_INPUT),
+        ("whitespace-only text", ["--train", blank], "row 3: empty value in the text column", ExitCode.BAD_INPUT),
+        ("null label", ["--train", null_label], "row 3: missing label", ExitCode.BAD_INPUT),
+        ("single class", ["--train", one_class], "single class ('1')", ExitCode.BAD_INPUT),
         ("zero batch", ["--per-replica-batch-size", "0"], "--per-replica-batch-size must be greater than 0", ExitCode.BAD_INPUT),
         ("negative epochs", ["--epochs", "-1"], "--epochs must be greater than 0", ExitCode.BAD_INPUT),
+        ("zero epochs", ["--epochs", "0"], "--epochs must be greater than 0", ExitCode.BAD_INPUT),
         ("negative learning rate", ["--learning-rate", "-1e-5"], "--learning-rate must be greater than 0", ExitCode.BAD_INPUT),
-        ("max length too long", ["--max-length", "4096"], "exceeds this model's limit", ExitCode.BAD_INPUT),
+        ("validation fraction", ["--validation-fraction", "1.5"], "--validation-fraction must be between 0 and 1", ExitCode.BAD_INPUT),
+        ("warmup ratio", ["--warmup-ratio", "1"], "--warmup-ratio must be in [0, 1)", ExitCode.BAD_INPUT),
+        ("one label", ["--num-labels", "1"], "--num-labels must be at least 2", ExitCode.BAD_INPUT),
+        ("max length too long", ["--max-length", "4096"], "exceeds this model's limit of 128 tokens", ExitCode.BAD_INPUT),
         ("model without weights", ["--model", str(no_weights)], "has no weights", ExitCode.BAD_INPUT),
+        ("model without config", ["--model", str(no_config)], "has no config.json", ExitCode.BAD_INPUT),
+        ("corrupt weights", ["--model", str(corrupt)], "cannot load weights", ExitCode.BAD_INPUT),
         ("model not a folder", ["--model", str(tmp_path / "h/train.csv")], "is not a folder", ExitCode.BAD_INPUT),
         ("num labels mismatch", ["--num-labels", "5"], "2 distinct labels but --num-labels is 5", ExitCode.BAD_INPUT),
         ("output inside input", ["--output", good["data"] + "/runs/x"], "lies inside --data", ExitCode.BAD_INPUT),
         ("bad format", ["--format", "xlsx"], "--format must be one of", ExitCode.BAD_INPUT),
+        ("no header with names", ["--no-header"], "with --no-header, --text-column must be a 0-based column position", ExitCode.BAD_INPUT),
+        ("bad run id", ["--run-id", "../escape"], "--run-id '../escape' must be letters", ExitCode.BAD_INPUT),
+        ("promote without root", ["--promote-if-better", "accuracy"], "--promote-if-better needs --output-root", ExitCode.BAD_INPUT),
+        ("signed url", ["--data", signed], "does not exist", ExitCode.BAD_INPUT),
         ("unknown option", ["--bogus", "1"], "No such option", ExitCode.USAGE),
         ("not a number", ["--epochs", "many"], "Invalid value for '--epochs'", ExitCode.USAGE),
     ]
 
 
+N_CASES = 31
 
 
-@pytest.mark.parametrize("index", range(16))
-def test_bad_input_is_one_line_with_exit_code_and_nothing_published(tmp_path, good, index):
-    case, extra, message, code = cases(tmp_path, good)[index]
+def snapshot(root):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("index", range(N_CASES))
+def test_bad_input_is_one_line_with_exit_code_and_nothing_published(tmp_path, good, tiny_checkpoints, index):
+    all_cases = cases(tmp_path, good, tiny_checkpoints)
+    assert len(all_cases) == N_CASES
+    case, extra, message, code = all_cases[index]
     base = {"--data": good["data"], "--model": good["model"], "--output": good["out"]}
-    flags = dict(zip(extra[::2], extra[1::2]))
-    if "--train" in flags:
-        base.pop("--data")
-    args = ["train", *FAST, *[x for kv in {**base, **flags}.items() for x in kv]]
+    named = {a for a in extra if a.startswith("--")}
+    if "--train" in named:
+        named.add("--data")
+    # Later flags win in click, so the case's own flags come last.
+    args = ["train", *FAST, *[x for k, v in base.items() if k not in named for x in (k, v)], *extra]
+    before = snapshot(tmp_path)
     result = invoke(args)
     assert result.exit_code == code, (case, result.output)
     assert message in result.output, (case, result.output)
     if code == ExitCode.BAD_INPUT:
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], case
+    assert "SECRET123abc" not in result.output, "a signed URL's signature reached the output"
     assert not (tmp_path / "out").exists(), case
+    assert snapshot(tmp_path) == before, f"{case}: something under the test folder was written or changed"
 
 
 def test_env_vars_configure_the_job_and_flags_win(tmp_path, good):
