@@ -11,7 +11,9 @@ FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa1849
 
 # Everything the job writes goes below /scratch, which Kubernetes mounts as an emptyDir so the root
 # filesystem can be read-only. TMPDIR and HOME point at the mount itself because it always exists
-# (an empty volume hides any sub-folder made here); the job and huggingface_hub create the rest.
+# (an empty volume hides any sub-folder made here); the job, huggingface_hub and matplotlib create
+# the rest. MPLCONFIGDIR: matplotlib (the report's plots) needs a writable config/cache folder and
+# otherwise falls back to a new temp folder with a warning on every start.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -23,6 +25,7 @@ ENV PYTHONUNBUFFERED=1 \
     TMPDIR=/scratch \
     HF_HOME=/scratch/hf \
     FT_WORK_DIR=/scratch/work \
+    MPLCONFIGDIR=/scratch/mpl \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/nvidia/lib
 ENV PATH=/usr/local/nvidia/bin:$PATH
@@ -55,9 +58,10 @@ USER 10001:10001
 WORKDIR /scratch
 
 # Exec form: Python gets the arguments (`docker run IMAGE train --help`) and the signals directly.
-# PID 1 ignores a signal it has no handler for, and entrypoint.py installs none for SIGTERM, so
-# Python must not be PID 1 or a stop waits for SIGKILL: use `docker run --init` (the Makefile's
-# docker-run does), and the Kubernetes pod sets shareProcessNamespace so the pause container is
-# PID 1. With that, SIGTERM ends Python at once (exit 143). No tini here: one binary fewer, and
-# neither runtime needs it.
+# PID 1 ignores a signal it has no handler for. The job handles SIGTERM only while a run is under
+# way (job/run.py: it saves a checkpoint if training and exits 75, RETRY); during start-up (imports,
+# argument parsing) Python has no handler, so Python must not be PID 1 or a stop waits for SIGKILL:
+# use `docker run --init` (the Makefile's docker-run does), and the Kubernetes pod sets
+# shareProcessNamespace so the pause container is PID 1. With that, SIGTERM outside the job's
+# handler ends Python at once (exit 143). No tini here: one binary fewer, and neither runtime needs it.
 ENTRYPOINT ["python", "/app/entrypoint.py"]

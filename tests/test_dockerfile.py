@@ -273,7 +273,7 @@ def test_dockerfile_contract(image):
     assert env["TF_USE_LEGACY_KERAS"] == "1" and env["PYTHONUNBUFFERED"] == "1"
     # Everything written at run time goes below one folder that k8s mounts as an emptyDir.
     scratch = PurePosixPath(writable_dir(image))
-    for var in ("HOME", "TMPDIR", "HF_HOME", "FT_WORK_DIR"):
+    for var in ("HOME", "TMPDIR", "HF_HOME", "FT_WORK_DIR", "MPLCONFIGDIR"):
         assert PurePosixPath(env[var]).is_relative_to(scratch), var
     assert image.workdir == str(scratch)
     assert not [k for k in env if re.search(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|API_KEY", k)]
@@ -292,6 +292,26 @@ def test_tensorflow_with_cuda_is_pinned_by_requirements_and_installed_before_the
     assert re.search(r"-r\s+\S*requirements\.txt", install)
     assert re.search(r"^tensorflow==", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
     assert "minilm" not in text.lower()  # the packaged demo model stays out of the image
+
+
+def test_matplotlib_is_installed_and_configured_below_the_scratch_folder(tmp_path):
+    """The report's plots need matplotlib (installed by `pip install -r requirements.txt`) and a
+    writable config folder: with a read-only root it must be MPLCONFIGDIR below the scratch mount,
+    which matplotlib creates on first use (an emptyDir starts empty)."""
+    image = build(DOCKERFILE, ROOT, tmp_path / "rootfs")
+    assert re.search(r"^matplotlib\b", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert re.search(r"-r\s+\S*requirements\.txt", " ".join(image.runs))
+    configdir = image.env["MPLCONFIGDIR"]
+    assert not image.host(configdir).exists()  # not made at build time: the mount would hide it
+    env = {k: v for k, v in os.environ.items() if k != "MPLCONFIGDIR"}
+    env.update({k: str(image.host(v)) for k, v in image.env.items() if k in ("HOME", "TMPDIR", "MPLCONFIGDIR")})
+    proc = subprocess.run([sys.executable, "-c", "import matplotlib; from matplotlib.figure import Figure; "
+                           "Figure().savefig(__import__('io').BytesIO(), format='png'); print(matplotlib.get_configdir())"],
+                          cwd=image.host(image.workdir), env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(image.host(configdir).resolve()), proc.stdout
+    assert image.host(configdir).is_dir()
+    assert "temporary cache directory" not in proc.stderr  # matplotlib's warning when it cannot write
 
 
 def test_train_help_runs_from_the_image_layout(image):

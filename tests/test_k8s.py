@@ -1,18 +1,27 @@
 """The Kubernetes manifests render, are schema-valid and agree with the job:  .venv/bin/pytest -q tests/test_k8s.py
 
-Every kustomization (k8s/base and each k8s/overlays/*) is rendered with `kubectl kustomize` and
-every object is checked against the Kubernetes OpenAPI schema of K8S_VERSION in strict mode
-(unknown fields rejected), as `kubernetes-validate --strict` does. Then the rules a schema cannot
-see: security context, the podFailurePolicy exit codes (from job.errors.ExitCode, not copied), the
-settings accepted by the real CLI, and each knob set in one place. No cluster is involved.
+Every kustomization (k8s/base, each k8s/overlays/* and k8s/examples/tfjob) is rendered with
+`kubectl kustomize` and every Kubernetes object is checked against the OpenAPI schema of K8S_VERSION
+in strict mode (unknown fields rejected), as `kubernetes-validate --strict` does; the TFJob (a CRD
+without a schema here) is checked for the shape the training operator needs, and each of its pod
+templates is schema-checked as a PodTemplate. Then the rules a schema cannot see: security context,
+the podFailurePolicy exit codes (from job.errors.ExitCode, not copied), the settings accepted by the
+real CLI and turned into the job's real JobConfig, the cluster each multi-worker layout resolves to
+(job.distribution), and each knob set in one place. The Vertex AI custom job
+(k8s/examples/vertex-custom-job.yaml, not a Kubernetes object) is parsed and held to the same
+settings and image. No cluster, operator or Vertex AI is involved.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -27,27 +36,37 @@ K8S_VERSION = "1.31.0"
 KUBECTL = shutil.which("kubectl")
 # A sample Job name for the downward-API variables (what a CronJob would name a run).
 SAMPLE_JOB_NAME = "finetune-nightly-29412360"
+# The pod labels that name the run: a Job's (set by the Job controller) and a TFJob's (by the operator).
+JOB_NAME_LABELS = ("metadata.labels['batch.kubernetes.io/job-name']",
+                   "metadata.labels['training.kubeflow.org/job-name']")
+# Read by job/distribution.py from the environment (an Indexed Job's cluster), not options of `train`.
+CLUSTER_VARS = ("FT_NUM_WORKERS", "FT_WORKER_SERVICE", "FT_WORKER_PORT", "FT_WORKER_HOSTS")
+VERTEX = K8S / "examples" / "vertex-custom-job.yaml"
+TFJOB = "examples/tfjob"
+MULTI = "overlays/multi-node"
 
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) is not installed")
 
 KUSTOMIZATIONS = sorted(p.parent for p in K8S.glob("**/kustomization.yaml"))
-IDS = [p.relative_to(K8S).as_posix() for p in KUSTOMIZATIONS]
+ALL_IDS = [p.relative_to(K8S).as_posix() for p in KUSTOMIZATIONS]
+# The ones whose workload is a batch/v1 Job or CronJob (the TFJob example is checked on its own).
+IDS = [i for i in ALL_IDS if i == "base" or i.startswith("overlays/")]
+
+
+def kustomize(path: Path) -> list[dict]:
+    proc = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict]]:
-    out = {}
-    for path, name in zip(KUSTOMIZATIONS, IDS, strict=True):
-        proc = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60,
-                              check=False)
-        assert proc.returncode == 0, f"kubectl kustomize {name} failed:\n{proc.stderr}"
-        out[name] = [d for d in yaml.safe_load_all(proc.stdout) if d]
-    return out
+    return {name: kustomize(path) for path, name in zip(KUSTOMIZATIONS, ALL_IDS, strict=True)}
 
 
 def workload(docs: list[dict]) -> dict:
-    found = [d for d in docs if d["kind"] in ("Job", "CronJob")]
-    assert len(found) == 1, f"expected one Job or CronJob, got {[d['kind'] for d in found]}"
+    found = [d for d in docs if d["kind"] in ("Job", "CronJob", "TFJob")]
+    assert len(found) == 1, f"expected one Job, CronJob or TFJob, got {[d['kind'] for d in found]}"
     return found[0]
 
 
@@ -63,6 +82,11 @@ def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
+def tfjob_pods(docs: list[dict]) -> dict[str, dict]:
+    """Replica type -> its pod template spec."""
+    return {rtype: r["template"]["spec"] for rtype, r in workload(docs)["spec"]["tfReplicaSpecs"].items()}
+
+
 def dockerfile_facts() -> dict:
     """The UID and writable folder the image declares (USER, HOME)."""
     text = (ROOT / "Dockerfile").read_text()
@@ -72,37 +96,40 @@ def dockerfile_facts() -> dict:
     return {"uid": int(uid.group(1)), "home": home.group(1)}
 
 
+def schema_errors(doc: dict) -> list[str]:
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:  # its str() dumps the whole schema
+        return [f"{doc['kind']}/{doc['metadata']['name']}: {exc.path}: {exc.message}"]
+    return []
+
+
 def test_every_overlay_is_discovered():
     assert "base" in IDS
-    assert {"overlays/job", "overlays/cronjob"} <= set(IDS)
-    assert all(i == "base" or i.startswith("overlays/") for i in IDS), IDS
+    assert {"overlays/job", "overlays/cronjob", "overlays/cpu-smoke", MULTI} <= set(IDS)
+    assert TFJOB in ALL_IDS
+    assert all(i == "base" or i.startswith(("overlays/", "examples/")) for i in ALL_IDS), ALL_IDS
 
 
 @pytest.mark.parametrize("name", IDS)
 def test_renders_and_passes_strict_schema_validation(rendered, name):
-    import kubernetes_validate
-
     docs = rendered[name]
     assert {d["kind"] for d in docs} >= {"ServiceAccount", "ConfigMap"}
     workload(docs)
-    errors = []
-    for doc in docs:
-        try:
-            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as exc:  # its str() dumps the whole schema
-            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {exc.path}: {exc.message}")
+    errors = [e for doc in docs for e in schema_errors(doc)]
     assert not errors, "\n".join(errors)
 
 
-@pytest.mark.parametrize("name", IDS)
-def test_pods_run_locked_down_as_the_image_user(rendered, name):
+def check_pod_is_locked_down(spec: dict, restart_policy: str | None) -> None:
     facts = dockerfile_facts()
-    spec = pod_spec(workload(rendered[name]))
     pod_sc = spec["securityContext"]
     assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] == facts["uid"]
     assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert spec["restartPolicy"] == "Never"
+    assert spec.get("restartPolicy") == restart_policy
     assert spec["automountServiceAccountToken"] is False
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
     for c in spec["containers"]:
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False, c["name"]
@@ -111,13 +138,20 @@ def test_pods_run_locked_down_as_the_image_user(rendered, name):
         assert not sc.get("privileged") and not sc.get("capabilities", {}).get("add"), c["name"]
         assert sc.get("runAsNonRoot", True) is True and sc.get("runAsUser", facts["uid"]) == facts["uid"]
         assert sc.get("seccompProfile", pod_sc["seccompProfile"]) == {"type": "RuntimeDefault"}
-        # The image's only writable folder (HOME, TMPDIR, HF_HOME, FT_WORK_DIR) and a real /dev/shm.
+        # The image's only writable folder (HOME, TMPDIR, HF_HOME, FT_WORK_DIR, MPLCONFIGDIR) and a real /dev/shm.
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert "emptyDir" in volumes[mounts[facts["home"]]]
         assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
         assert "requests" in c["resources"] and "limits" in c["resources"]
         assert {"cpu", "memory"} <= set(c["resources"]["requests"]) & set(c["resources"]["limits"])
+        # Ports are for the workers' gRPC only, never on the node.
+        assert not [p for p in c.get("ports", []) if "hostPort" in p], c["name"]
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_pods_run_locked_down_as_the_image_user(rendered, name):
+    check_pod_is_locked_down(pod_spec(workload(rendered[name])), "Never")
 
 
 @pytest.mark.parametrize("name", IDS)
@@ -132,14 +166,23 @@ def test_pod_failure_policy_uses_the_exit_codes_of_job_errors(rendered, name):
     assert fail[0]["onExitCodes"]["containerName"] in containers
     assert fail[0]["onExitCodes"]["values"] == sorted(
         int(c) for c in (ExitCode.USAGE, ExitCode.BAD_INPUT, ExitCode.OUTPUT_EXISTS))
-    # RETRY (transient) and INTERNAL must stay retryable.
-    assert not {int(ExitCode.RETRY), int(ExitCode.INTERNAL)} & set(fail[0]["onExitCodes"]["values"])
+    # RETRY (transient), INTERNAL and 137 (OOM, or SIGKILL by the job's own peer watchdog in
+    # job/distribution.py) must stay retryable.
+    assert not {int(ExitCode.RETRY), int(ExitCode.INTERNAL), 137, 143} & set(fail[0]["onExitCodes"]["values"])
+    assert not [r for r in rules if r["action"] == "FailIndex"]  # a lost worker index must be retried
     ignore = [r for r in rules if r["action"] == "Ignore"]
     assert [c for r in ignore for c in r.get("onPodConditions", [])] == [
         {"type": "DisruptionTarget", "status": "True"}]
-    assert spec["backoffLimit"] >= 0 and spec["activeDeadlineSeconds"] > 0
-    assert spec["ttlSecondsAfterFinished"] > 0
+    if spec.get("completionMode") == "Indexed":
+        # Retries per worker (every worker fails when one does), and one exhausted worker fails the Job.
+        assert "backoffLimit" not in spec and spec["backoffLimitPerIndex"] >= 1 and spec["maxFailedIndexes"] == 0
+    else:
+        assert spec["backoffLimit"] >= 0 and "backoffLimitPerIndex" not in spec
+    assert spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] > 0
 
+
+# --------------------------------------------------------------------------------------------
+# The settings, through the job's real command line
 
 def cli():
     """The job's real command line as a click-style group (typer vendors click; no copy of options here)."""
@@ -148,8 +191,14 @@ def cli():
     return typer.main.get_command(entrypoint.app)
 
 
-def train_envvars() -> set[str]:
-    return {p.envvar for p in cli().commands["train"].params if isinstance(p.envvar, str)}
+def known_envvars() -> set[str]:
+    """FT_* names the container may be given: options of the group (logging) and of `train`, and the
+    cluster variables job/distribution.py reads."""
+    group = cli()
+    params = [*group.params, *group.commands["train"].params]
+    source = (ROOT / "job" / "distribution.py").read_text()
+    assert all(f'"{v}"' in source for v in CLUSTER_VARS), "job/distribution.py no longer reads these names"
+    return {p.envvar for p in params if isinstance(p.envvar, str)} | set(CLUSTER_VARS)
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
@@ -158,20 +207,75 @@ def _expand(value: str, env: dict[str, str]) -> str:
                   lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
 
 
-def container_env(docs: list[dict], container: dict) -> dict[str, str]:
+def container_env(docs: list[dict], container: dict, job_name: str = SAMPLE_JOB_NAME) -> dict[str, str]:
     """The environment the kubelet would give the container (envFrom first, then env in order)."""
     maps = by_kind(docs, "ConfigMap")
     env: dict[str, str] = {}
     for src in container.get("envFrom", []):
-        env.update(maps[src["configMapRef"]["name"]]["data"])
+        name = src["configMapRef"]["name"]
+        assert name in maps, f"envFrom names ConfigMap {name}, which is not rendered (have {sorted(maps)})"
+        env.update(maps[name]["data"])
     for var in container.get("env", []):
         if "value" in var:
             env[var["name"]] = _expand(var["value"], env)
         else:
             field = var["valueFrom"]["fieldRef"]["fieldPath"]
-            assert field == "metadata.labels['batch.kubernetes.io/job-name']", field
-            env[var["name"]] = SAMPLE_JOB_NAME
+            assert field in JOB_NAME_LABELS, field
+            env[var["name"]] = job_name
     return env
+
+
+def parse_like_the_container(env: dict[str, str], args: list[str], monkeypatch):
+    """(group context, train context, JobConfig): the image's ENTRYPOINT + `args` with exactly `env`,
+    through the real `train` callback up to the JobConfig it would run (job.run replaced by a stub,
+    so no TensorFlow and no training)."""
+    for k in [k for k in os.environ if k.startswith(("FT_", "AIP_", "SM_")) or k in ("TF_CONFIG", "CLUSTER_SPEC")]:
+        monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    captured = []
+    stub = types.ModuleType("job.run")
+    stub.run = captured.append
+    monkeypatch.setitem(sys.modules, "job.run", stub)
+    group = cli()
+    assert args[0] == "train", args
+    with group.make_context("entrypoint.py", list(args)) as gctx:
+        cmd_name, train, rest = group.resolve_command(gctx, list(args))
+        ctx = train.make_context(cmd_name, rest, parent=gctx)  # raises on unknown options or bad values
+        with ctx:
+            try:
+                train.invoke(ctx)  # builds and validates the JobConfig (job/config.py) like the container
+            except typer.Exit as exc:
+                pytest.fail(f"the job would exit {exc.exit_code} on these settings (see the 'error:' line above)")
+    assert len(captured) == 1
+    return gctx, ctx, captured[0]
+
+
+def check_settings(env: dict[str, str], args: list[str], run_id: str, monkeypatch):
+    """The settings and args are all the job's, come from the environment, and make a run that
+    publishes to FT_OUTPUT_ROOT/runs/<run_id>. Returns the JobConfig."""
+    from job.logs import FORMATS
+
+    known = known_envvars()
+    ft = {k for k in env if k.startswith("FT_")}
+    assert ft <= known, f"not options of the job: {sorted(ft - known)}"
+    assert not [v for v in env.values() if "$(" in v], f"unresolved $(VAR) in {env}"
+    assert "FT_OUTPUT" not in env, "the job builds the output from FT_OUTPUT_ROOT and FT_RUN_ID"
+    gctx, ctx, cfg = parse_like_the_container(env, args, monkeypatch)
+    for c, cmd in ((gctx, gctx.command), (ctx, ctx.command)):
+        for param in cmd.params:
+            if param.envvar in ft:
+                assert c.get_parameter_source(param.name).name == "ENVIRONMENT", param.name
+    assert gctx.params["log_format"] in FORMATS
+    # Retraining layout: every run in its own folder below the root, named after the Job.
+    root = env["FT_OUTPUT_ROOT"]
+    assert root.startswith("gs://") and cfg.output.output_root == root
+    assert cfg.output.run_id == run_id
+    assert cfg.output.output == root.rstrip("/") + "/runs/" + run_id
+    assert cfg.output.checkpoints == cfg.output.output + ".checkpoints"
+    assert cfg.data.data or cfg.data.train
+    assert cfg.model.model
+    return cfg
 
 
 @pytest.mark.parametrize("name", IDS)
@@ -179,34 +283,13 @@ def test_settings_and_args_are_accepted_by_the_real_cli(rendered, name, monkeypa
     docs = rendered[name]
     (container,) = pod_spec(workload(docs))["containers"]
     env = container_env(docs, container)
-    known = train_envvars()
-    ft = {k for k in env if k.startswith("FT_")}
-    assert ft <= known, f"not options of `train`: {sorted(ft - known)}"
-    assert not [v for v in env.values() if "$(" in v], f"unresolved $(VAR) in {env}"
-
-    # Parse exactly like the container would: the image's ENTRYPOINT + these args, this env.
-    for k in [k for k in os.environ if k.startswith("FT_")]:
-        monkeypatch.delenv(k)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    group = cli()
-    args = list(container["args"])
-    assert args[0] == "train"
-    with group.make_context("entrypoint.py", list(args)) as gctx:
-        cmd_name, train, rest = group.resolve_command(gctx, list(args))
-        ctx = train.make_context(cmd_name, rest, parent=gctx)  # raises on unknown options or bad values
-    for param in train.params:
-        if param.envvar in ft:
-            assert ctx.get_parameter_source(param.name).name == "ENVIRONMENT", param.name
-    # Each run publishes to its own folder, named after the Job.
-    assert ctx.params["output"].startswith("gs://") and ctx.params["output"].endswith("/" + SAMPLE_JOB_NAME)
-    assert ctx.params["data"] or ctx.params["train"]
-    assert ctx.params["model"]
+    check_settings(env, list(container["args"]), SAMPLE_JOB_NAME, monkeypatch)
 
 
 def test_a_bad_setting_would_be_rejected_by_that_check(monkeypatch):
     """The parse above is not vacuous: a value of the wrong type or an unknown option fails it, with
-    the usage exit code that podFailurePolicy turns into FailJob."""
+    the usage exit code that podFailurePolicy turns into FailJob; a setting the job rejects (a bad
+    promotion spec) fails the JobConfig step."""
     from job.errors import ExitCode
 
     group = cli()
@@ -220,7 +303,14 @@ def test_a_bad_setting_would_be_rejected_by_that_check(monkeypatch):
             train.make_context(cmd_name, ["--epoch", "3"], parent=gctx)
     assert type(bad_option.value).__name__ == "NoSuchOption"
     assert bad_value.value.exit_code == bad_option.value.exit_code == ExitCode.USAGE
+    env = {"FT_DATA": "gs://b/d/", "FT_MODEL": "m", "FT_OUTPUT_ROOT": "gs://b/r", "FT_RUN_ID": "r1",
+           "FT_PROMOTE_IF_BETTER": "accurracy:0.1"}
+    with pytest.raises(pytest.fail.Exception, match="exit 3"):
+        parse_like_the_container(env, ["train"], monkeypatch)
 
+
+# --------------------------------------------------------------------------------------------
+# Retraining: one-off runs and the nightly CronJob with a champion
 
 def test_cronjob_is_nightly_forbids_overlap_and_names_each_run(rendered):
     docs = rendered["overlays/cronjob"]
@@ -232,15 +322,262 @@ def test_cronjob_is_nightly_forbids_overlap_and_names_each_run(rendered):
     assert spec["startingDeadlineSeconds"] > 0
     assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
     assert len(spec["schedule"].split()) == 5
-    # Same pod as the one-off Job: the spec was copied, not rewritten.
+    # Same Job as the one-off run (the spec was copied, not rewritten), but for its settings
+    # ConfigMap, which adds the promotion rule.
     one_off = workload(rendered["overlays/job"])
-    assert job_spec(cron) == job_spec(one_off)
+    cron_spec, job = copy.deepcopy(job_spec(cron)), copy.deepcopy(job_spec(one_off))
+    names = []
+    for s in (cron_spec, job):
+        (ref,) = s["template"]["spec"]["containers"][0]["envFrom"]
+        names.append(ref["configMapRef"].pop("name"))
+    assert cron_spec == job
+    cron_settings = by_kind(docs, "ConfigMap")[names[0]]["data"]
+    job_settings = by_kind(rendered["overlays/job"], "ConfigMap")[names[1]]["data"]
+    assert cron_settings == {**job_settings, "FT_PROMOTE_IF_BETTER": cron_settings["FT_PROMOTE_IF_BETTER"]}
 
 
-def test_image_is_tagged_only_in_overlays_and_set_in_one_place(rendered):
+def test_nightly_runs_promote_only_if_better_and_one_off_runs_never(rendered, monkeypatch):
+    from job.champion import parse_promote_spec
+
+    for name in IDS:
+        docs = rendered[name]
+        (container,) = pod_spec(workload(docs))["containers"]
+        env = container_env(docs, container)
+        assert env["FT_LOG_FORMAT"] == "json", name  # Cloud Logging reads severity from JSON lines
+        assert env["FT_RUN_ID"] == SAMPLE_JOB_NAME, name  # the Job's name, the same in every retry
+        if name == "overlays/cronjob":
+            cfg = check_settings(env, list(container["args"]), SAMPLE_JOB_NAME, monkeypatch)
+            assert parse_promote_spec(cfg.output.promote_if_better) == ("accuracy", 0.002)
+            assert not cfg.output.force_promotion
+        else:
+            assert "FT_PROMOTE_IF_BETTER" not in env, f"{name} would move the champion"
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-node: an Indexed Job with a headless Service
+
+def multi_node(docs: list[dict]) -> tuple[dict, dict, dict]:
+    """(Job, Service, container) of the multi-node overlay."""
+    job = workload(docs)
+    (service,) = by_kind(docs, "Service").values()
+    (container,) = pod_spec(job)["containers"]
+    return job, service, container
+
+
+def test_multi_node_is_an_indexed_job_of_n_workers_behind_a_headless_service(rendered):
+    job, service, container = multi_node(rendered[MULTI])
+    spec, pod = job["spec"], pod_spec(job)
+    env = container_env(rendered[MULTI], container, job["metadata"]["name"])
+    n = spec["completions"]
+    assert spec["completionMode"] == "Indexed" and n >= 2
+    assert spec["parallelism"] == n and env["FT_NUM_WORKERS"] == str(n)  # all N at once, and they know N
+    # The Service gives pod <job>-<index> the name <job>-<index>.<service>.
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert pod["subdomain"] == service["metadata"]["name"] == env["FT_WORKER_SERVICE"]
+    selector = service["spec"]["selector"]
+    assert selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    single = workload(rendered["overlays/job"])["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= single.items(), "the Service must select only the multi-node workers"
+    (port,) = service["spec"]["ports"]
+    (container_port,) = container["ports"]
+    assert port["name"] and port["targetPort"] == container_port["name"]
+    assert port["port"] == container_port["containerPort"] == int(env["FT_WORKER_PORT"])
+    assert "hostPort" not in container_port
+    # Each worker: the GPUs of the single-node pod, the same security and settings.
+    one_off = pod_spec(workload(rendered["overlays/job"]))
+    assert container["resources"] == one_off["containers"][0]["resources"]
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    assert pod["securityContext"] == one_off["securityContext"]
+    assert job["spec"]["podFailurePolicy"] == workload(rendered["overlays/job"])["spec"]["podFailurePolicy"]
+    # Done when the chief (index 0) has published.
+    assert spec["successPolicy"] == {"rules": [{"succeededIndexes": "0"}]}
+
+
+def test_multi_node_workers_resolve_to_one_cluster_with_index_0_as_chief(rendered):
+    """What job/distribution.py makes of each worker's environment (JOB_COMPLETION_INDEX is set by
+    the Job controller): the same peer list everywhere, in index order, this pod's own entry being
+    its Kubernetes hostname <job name>-<index> under the Service."""
+    from job import distribution
+
+    job, service, container = multi_node(rendered[MULTI])
+    name, n = job["metadata"]["name"], job["spec"]["completions"]
+    env = container_env(rendered[MULTI], container, name)
+    port = service["spec"]["ports"][0]["port"]
+    expected = [f"{name}-{i}.{service['metadata']['name']}:{port}" for i in range(n)]
+    assert len(f"{name}-{n - 1}") <= 63, "pod hostnames are DNS labels: shorten the Job's name"
+    for i in range(n):
+        cluster = distribution.resolve_cluster({**env, "JOB_COMPLETION_INDEX": str(i)})
+        assert cluster.source == "indexed-job"
+        assert cluster.tf_config == {"cluster": {"worker": expected}, "task": {"type": "worker", "index": i}}
+        assert cluster.workers == n and cluster.is_chief == (i == 0) and cluster.worker_index == i
+
+
+def test_worker_count_is_set_in_one_place(tmp_path):
+    """Change spec.completions in indexed-job.yaml only, and parallelism and FT_NUM_WORKERS follow."""
+    work = tmp_path / "k8s"
+    shutil.copytree(K8S, work)
+    patch = work / "overlays" / "multi-node" / "indexed-job.yaml"
+    text, count = re.subn(r"^(  completions:) \d+", r"\1 5", patch.read_text(), flags=re.MULTILINE)
+    assert count == 1
+    patch.write_text(text)
+    job, _, container = multi_node(kustomize(work / "overlays" / "multi-node"))
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 5 and env["FT_NUM_WORKERS"] == "5"
+    # And no other file under k8s/ states a worker count for the Indexed Job.
+    sources = [p for p in K8S.rglob("*") if p.is_file() and p.suffix in (".yaml", ".env")]
+    stating = [p.relative_to(K8S).as_posix() for p in sources
+               if re.search(r"^[^#]*\b(completions|parallelism):\s*\d", p.read_text(), re.MULTILINE)
+               or re.search(r"FT_NUM_WORKERS\W+(value:\s*)?\"?\d", p.read_text())]
+    assert stating == ["overlays/multi-node/indexed-job.yaml"]
+
+
+# --------------------------------------------------------------------------------------------
+# Kubeflow TFJob example
+
+def test_tfjob_has_the_shape_the_training_operator_needs(rendered):
+    docs = rendered[TFJOB]
+    assert not by_kind(docs, "Job"), "the TFJob example must not also create the one-off Job"
+    tfjob = workload(docs)
+    assert tfjob["apiVersion"] == "kubeflow.org/v1" and tfjob["kind"] == "TFJob"
+    # The operator's webhook: a DNS-1035 name, at most one Chief, a container named `tensorflow`
+    # (the only one that gets TF_CONFIG) with an image in every replica.
+    assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", tfjob["metadata"]["name"])
+    replicas = tfjob["spec"]["tfReplicaSpecs"]
+    assert set(replicas) == {"Chief", "Worker"}
+    assert replicas["Chief"]["replicas"] == 1 and replicas["Worker"]["replicas"] >= 1
+    for rtype, r in replicas.items():
+        assert r["restartPolicy"] in ("OnFailure", "ExitCode"), rtype
+        containers = r["template"]["spec"]["containers"]
+        assert [c["name"] for c in containers] == ["tensorflow"], rtype
+        assert containers[0]["image"], rtype
+        assert {"name": "tfjob-port", "containerPort": 2222} in containers[0]["ports"], rtype
+    # Run policy: the Job's limits. The operator counts container restarts across the whole TFJob, and
+    # one failure of the group restarts every machine: the Job's retries of the group, times machines.
+    job = job_spec(workload(rendered["overlays/job"]))
+    run = tfjob["spec"]["runPolicy"]
+    machines = sum(r["replicas"] for r in replicas.values())
+    assert run["backoffLimit"] > job["backoffLimit"] * machines
+    assert run["activeDeadlineSeconds"] == job["activeDeadlineSeconds"]
+    assert run["ttlSecondsAfterFinished"] == job["ttlSecondsAfterFinished"]
+    assert run["cleanPodPolicy"] in ("Running", "All", "None")
+
+
+def test_tfjob_pods_are_the_job_pod_schema_valid_and_locked_down(rendered):
+    docs = rendered[TFJOB]
+    errors = [e for doc in docs if doc["kind"] != "TFJob" for e in schema_errors(doc)]
+    job_pod = pod_spec(workload(rendered["overlays/job"]))
+    for rtype, spec in tfjob_pods(docs).items():
+        template = workload(docs)["spec"]["tfReplicaSpecs"][rtype]["template"]
+        errors += schema_errors({"apiVersion": "v1", "kind": "PodTemplate",
+                                 "metadata": {"name": f"tfjob-{rtype.lower()}"}, "template": template})
+        check_pod_is_locked_down(spec, None)  # the restart policy is the replica's (the operator sets it)
+        # The pod of overlays/job but for what the operator needs.
+        expected = copy.deepcopy(job_pod)
+        del expected["restartPolicy"]
+        c = expected["containers"][0]
+        c["name"], c["ports"] = "tensorflow", [{"name": "tfjob-port", "containerPort": 2222}]
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] = "metadata.labels['training.kubeflow.org/job-name']"
+        assert spec == expected, rtype
+    assert not errors, "\n".join(errors)
+
+
+def test_tfjob_settings_are_accepted_by_the_real_cli_and_tf_config_resolves(rendered, monkeypatch):
+    from job import distribution
+
+    docs = rendered[TFJOB]
+    tfjob = workload(docs)
+    name = tfjob["metadata"]["name"]
+    replicas = tfjob["spec"]["tfReplicaSpecs"]
+    # TF_CONFIG as the operator writes it: one Service per replica, port tfjob-port.
+    cluster = {t.lower(): [f"{name}-{t.lower()}-{i}.default.svc:2222" for i in range(r["replicas"])]
+               for t, r in replicas.items()}
+    n = sum(len(v) for v in cluster.values())
+    for rtype, spec in tfjob_pods(docs).items():
+        (container,) = spec["containers"]
+        env = container_env(docs, container, name)
+        check_settings(env, list(container["args"]), name, monkeypatch)  # same run (and folder) in every replica
+        for i in range(replicas[rtype]["replicas"]):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": rtype.lower(), "index": i}})
+            c = distribution.resolve_cluster({**env, "TF_CONFIG": tf_config})
+            assert c.source == "TF_CONFIG" and c.workers == n and c.is_chief == (rtype == "Chief")
+
+
+# --------------------------------------------------------------------------------------------
+# Vertex AI custom job example
+
+@pytest.fixture(scope="module")
+def vertex() -> dict:
+    return yaml.safe_load(VERTEX.read_text())
+
+
+def _keys(obj, path=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield f"{path}.{k}", k
+            if k != "env":
+                yield from _keys(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _keys(v, f"{path}[{i}]")
+
+
+def test_vertex_custom_job_is_a_chief_and_workers_of_the_release_image(vertex, rendered):
+    # A CustomJobSpec as `gcloud ai custom-jobs create --config` reads it: camelCase keys only.
+    assert set(vertex) <= {"workerPoolSpecs", "scheduling", "serviceAccount", "network", "baseOutputDirectory",
+                           "enableWebAccess", "tensorboard", "reservedIpRanges", "persistentResourceId"}
+    bad = [p for p, k in _keys(vertex) if "_" in k]
+    assert not bad, f"gcloud rejects keys with underscores: {bad}"
+    chief, workers = vertex["workerPoolSpecs"]  # workerpool0 = chief, workerpool1 = workers
+    assert chief["replicaCount"] == 1 and workers["replicaCount"] >= 1
+    assert chief["machineSpec"] == workers["machineSpec"] and chief["containerSpec"] == workers["containerSpec"]
+    machine = chief["machineSpec"]
+    assert machine["machineType"] and machine["acceleratorType"].startswith("NVIDIA_")
+    assert machine["acceleratorCount"] >= 1
+    container = chief["containerSpec"]
+    assert "command" not in container, "keep the image's ENTRYPOINT"
+    release = pod_spec(workload(rendered["overlays/job"]))["containers"][0]
+    assert container["imageUri"] == release["image"], "the Vertex job runs the release of overlays/job"
+    assert container["args"] == release["args"]
+    # All replicas restart together: a MultiWorkerMirroredStrategy cluster cannot take a new member.
+    assert vertex["scheduling"]["restartJobOnWorkerRestart"] is True
+    assert re.fullmatch(r"\d+s", vertex["scheduling"]["timeout"])
+    assert vertex["serviceAccount"].endswith(".iam.gserviceaccount.com")
+
+
+def test_vertex_settings_are_those_of_job_env_and_accepted_by_the_real_cli(vertex, rendered, monkeypatch):
+    from job import distribution
+
+    pools = vertex["workerPoolSpecs"]
+    container = pools[0]["containerSpec"]
+    assert all(isinstance(e["value"], str) for e in container["env"]), "env values must be strings"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert len(env) == len(container["env"]), "a variable is set twice"
+    # The same settings as the Kubernetes runs (base/job.env), plus a fixed run id.
+    (settings,) = by_kind(rendered["base"], "ConfigMap").values()
+    assert {k: v for k, v in env.items() if k != "FT_RUN_ID"} == settings["data"]
+    cfg = check_settings(env, list(container["args"]), env["FT_RUN_ID"], monkeypatch)
+    assert not cfg.output.promote_if_better
+    # What Vertex AI tells each replica, and what the job makes of it.
+    cluster = {f"workerpool{i}": [f"workerpool{i}-{j}:2222" for j in range(p["replicaCount"])]
+               for i, p in enumerate(pools)}
+    n = sum(p["replicaCount"] for p in pools)
+    for pool, hosts in cluster.items():
+        for j in range(len(hosts)):
+            spec = json.dumps({"cluster": cluster, "task": {"type": pool, "index": j}, "environment": "cloud"})
+            c = distribution.resolve_cluster({**env, "CLUSTER_SPEC": spec})
+            assert c.source == "CLUSTER_SPEC" and c.workers == n and c.is_chief == (pool == "workerpool0")
+
+
+# --------------------------------------------------------------------------------------------
+# One place for each knob
+
+def test_image_is_tagged_only_in_overlays_and_set_in_one_place(rendered, vertex):
     base_image = pod_spec(workload(rendered["base"]))["containers"][0]["image"]
     assert ":" not in base_image and "@" not in base_image, "no tag in base"
-    images = {n: pod_spec(workload(d))["containers"][0]["image"] for n, d in rendered.items() if n != "base"}
+    images = {n: pod_spec(workload(rendered[n]))["containers"][0]["image"] for n in IDS if n != "base"}
+    images |= {f"{TFJOB}/{t}": s["containers"][0]["image"] for t, s in tfjob_pods(rendered[TFJOB]).items()}
+    images[VERTEX.name] = vertex["workerPoolSpecs"][0]["containerSpec"]["imageUri"]
     assert len(set(images.values())) == 1, images
     assert all(re.search(r":[\w.-]+$|@sha256:[0-9a-f]{64}$", i) for i in images.values()), images
     setting = [p for p in K8S.glob("**/kustomization.yaml") if "images" in (yaml.safe_load(p.read_text()) or {})]
@@ -248,36 +585,42 @@ def test_image_is_tagged_only_in_overlays_and_set_in_one_place(rendered):
 
 
 def test_bucket_paths_and_gpu_count_are_each_set_in_one_place():
+    """Kubernetes: base/job.env and base/job.yaml only. The Vertex AI job cannot read a ConfigMap and
+    repeats the settings; the test above holds it equal to base/job.env."""
     sources = [p for p in K8S.rglob("*") if p.is_file() and p.suffix in (".yaml", ".env")]
     with_bucket = [p for p in sources
                    if re.search(r"^[^#]*gs://", p.read_text(), re.MULTILINE)]
-    assert [p.relative_to(K8S).as_posix() for p in with_bucket] == ["base/job.env"]
+    assert sorted(p.relative_to(K8S).as_posix() for p in with_bucket) == [
+        "base/job.env", "examples/vertex-custom-job.yaml"]
     with_gpu_count = [p for p in sources if re.search(r"^[^#]*nvidia\.com/gpu:\s*\d", p.read_text(), re.MULTILINE)]
     assert [p.relative_to(K8S).as_posix() for p in with_gpu_count] == ["base/job.yaml"]
 
 
 def test_gpu_overlays_ask_for_gpu_nodes_and_the_smoke_test_does_not(rendered):
-    for name, docs in rendered.items():
-        spec = pod_spec(workload(docs))
+    pods = {n: pod_spec(workload(rendered[n])) for n in IDS}
+    pods |= {f"{TFJOB}/{t}": s for t, s in tfjob_pods(rendered[TFJOB]).items()}
+    for name, spec in pods.items():
         limits = spec["containers"][0]["resources"]["limits"]
         if name == "overlays/cpu-smoke":
             assert "nvidia.com/gpu" not in limits and not spec.get("nodeSelector") and not spec.get("tolerations")
         else:
-            assert int(limits["nvidia.com/gpu"]) >= 1
-            assert spec["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+            assert int(limits["nvidia.com/gpu"]) >= 1, name
+            assert spec["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"]), name
 
 
 def test_service_account_is_bound_for_workload_identity(rendered):
     for name, docs in rendered.items():
         accounts = by_kind(docs, "ServiceAccount")
-        sa = accounts[pod_spec(workload(docs))["serviceAccountName"]]
-        assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
-            ".iam.gserviceaccount.com"), name
-        # The Workload Identity binding names the Kubernetes account: overlays must not rename it.
-        assert sa["metadata"]["name"] == "finetune-job", name
+        specs = tfjob_pods(docs).values() if name == TFJOB else [pod_spec(workload(docs))]
+        for spec in specs:
+            sa = accounts[spec["serviceAccountName"]]
+            assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
+                ".iam.gserviceaccount.com"), name
+            # The Workload Identity binding names the Kubernetes account: overlays must not rename it.
+            assert sa["metadata"]["name"] == "finetune-job", name
 
 
-@pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=IDS)
+@pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=ALL_IDS)
 def test_kustomizations_use_only_current_fields(path):
     k = yaml.safe_load((path / "kustomization.yaml").read_text())
     deprecated = {"commonLabels", "patchesStrategicMerge", "patchesJson6902", "bases", "vars", "imageTags"}
