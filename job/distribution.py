@@ -87,6 +87,11 @@ def _json(text: str, name: str) -> dict:
 
 def _check_tf_config(cfg: dict, name: str) -> dict | None:
     cluster, task = cfg.get("cluster"), cfg.get("task")
+    # Older launchers (Cloud ML Engine, some Vertex images) call the chief "master".
+    if isinstance(cluster, dict) and "master" in cluster and "chief" not in cluster:
+        cluster = {("chief" if k == "master" else k): v for k, v in cluster.items()}
+        if isinstance(task, dict) and task.get("type") == "master":
+            task = {**task, "type": "chief"}
     if not isinstance(cluster, dict) or not cluster:
         raise ConfigError(f"{name} has no 'cluster' object of task lists")
     for kind, addrs in cluster.items():

@@ -19,6 +19,7 @@ from job import (champion, checkpoints, distribution, evaluation, export, featur
 from job import data as data_step
 from job import model as model_step
 from job.config import JobConfig
+from job.errors import TransientError
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
         staging = scratch / "staging"
         staging.mkdir()
         board = tblog.TensorBoardLogger(staging / TENSORBOARD)
-        with timer("train"):
+        with timer("train"), _peer_loss_is_transient(topo):
             history, meter = training.fit(clf, train_ds, (val_ds, val_steps), cfg.train, steps, store, preemption,
                                           callbacks=[board, progress.ProgressLog(steps * cfg.train.epochs)])
 
@@ -213,6 +214,19 @@ def promote(cfg: JobConfig, metrics: dict) -> None:
         (Path(tmp) / f"{o.run_id}.json").write_text(json.dumps(record, indent=2) + "\n")
         storage.put_files(Path(tmp), [f"{o.run_id}.json"], storage.join(o.output_root, "promotions"))
     metrics["promotion"] = record
+
+
+@contextlib.contextmanager
+def _peer_loss_is_transient(topo: distribution.Topology):
+    """A worker that loses a peer mid-training fails in a collective: retry it, do not report a bug."""
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as exc:
+        if topo.workers == 1:
+            raise
+        raise TransientError(f"lost contact with another worker during training ({type(exc).__name__}); "
+                             "all workers resume from the chief's last checkpoint when restarted") from None
 
 
 def _already_published(output: str, fingerprint: str) -> dict | None:

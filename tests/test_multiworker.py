@@ -99,6 +99,13 @@ def test_vertex_cluster_spec():
     assert chief.is_chief and chief.worker_index == 0
 
 
+def test_master_is_read_as_chief():
+    tf_config = {"cluster": {"master": ["m:1"], "worker": ["w0:1"]}, "task": {"type": "master", "index": 0}}
+    c = distribution.resolve_cluster({"TF_CONFIG": json.dumps(tf_config)})
+    assert c.tf_config == {"cluster": {"chief": ["m:1"], "worker": ["w0:1"]}, "task": {"type": "chief", "index": 0}}
+    assert c.is_chief
+
+
 def test_indexed_job_builds_stable_hostnames():
     env = {"JOB_COMPLETION_INDEX": "2", "FT_NUM_WORKERS": "3", "FT_WORKER_SERVICE": "ft-workers", "JOB_NAME": "ft-run"}
     c = distribution.resolve_cluster(env)
