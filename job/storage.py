@@ -28,6 +28,11 @@ from job.errors import BadInputError, ConfigError, DataError, OutputExistsError,
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# Held while a run uploads its files to a gs:// output, so a second run cannot interleave its
+# files with the first one's. Hidden name: never data, never in a manifest.
+CLAIM = ".publishing"
+# A claim older than this is left from a publisher that died: it may be taken over.
+CLAIM_LEASE_SECONDS = 3600
 
 
 def is_gcs(uri: str) -> bool:
@@ -96,6 +101,7 @@ RETRY_DELAY = {"initial": 1.0, "maximum": 30.0, "multiplier": 2.0}
 DEFAULT_RETRY_SECONDS = 120.0
 #: Attempts at a download whose bytes fail the CRC32C/MD5 or size check (the client does not retry those).
 DOWNLOAD_ATTEMPTS = 3
+UPLOAD_ATTEMPTS = 3
 
 
 def retry_seconds() -> float:
@@ -485,6 +491,7 @@ def _publish_gcs(staging: Path, output_uri: str, overwrite: bool, finalize) -> d
                                                                   retry=retry_policy())}
             with contextlib.suppress(gexc.NotFound):  # a retried delete whose first attempt went through
                 manifest_blob.delete(retry=retry_policy())
+        claim = _claim(bucket, prefix, output_uri)
         t0 = time.perf_counter()
         names = [p.relative_to(staging).as_posix() for p in sorted(staging.rglob("*")) if p.is_file()]
         _upload_many(bucket, staging, prefix, names)
@@ -492,9 +499,11 @@ def _publish_gcs(staging: Path, output_uri: str, overwrite: bool, finalize) -> d
             _upload_many(bucket, staging, prefix, finalize(time.perf_counter() - t0))
         manifest = _write_manifest(staging)
         _create_manifest(manifest_blob, staging / MANIFEST, output_uri)
+        with contextlib.suppress(gexc.NotFound):
+            claim.delete(retry=retry_policy())
     # The run is published. Files of the old run that the new one lacks are garbage outside the
     # manifest: failing to delete them must not turn a published run into a failed one.
-    stale = old_names - {_gcs_key(prefix, n) for n in names} - {manifest_blob.name}
+    stale = old_names - {_gcs_key(prefix, n) for n in names} - {manifest_blob.name, claim.name}
     try:
         with gcs_errors(f"deleting stale files of the old run at {output_uri}"):
             for name in sorted(stale):
@@ -503,6 +512,51 @@ def _publish_gcs(staging: Path, output_uri: str, overwrite: bool, finalize) -> d
     except TransientError as exc:
         log.warning("%s; the run is published, the leftovers are not in its manifest", exc)
     return manifest
+
+
+def _claim(bucket, prefix: str, output_uri: str):
+    """Create the claim object create-only, or fail: another run is uploading to this output now.
+
+    Two runs racing for one output would otherwise both upload files under the same names, and the
+    loser's could replace the winner's after the winner's manifest listed them. A claim left by a
+    publisher that died is taken over after CLAIM_LEASE_SECONDS.
+    """
+    from google.api_core import exceptions as gexc
+
+    blob = bucket.blob(_gcs_key(prefix, CLAIM))
+    token = uuid.uuid4().hex
+    body = json.dumps({"token": token, "since": time.time()})
+    for _ in range(2):
+        try:
+            blob.upload_from_string(body, content_type="application/json", if_generation_match=0,
+                                    retry=retry_policy())
+            return blob
+        except (gexc.PreconditionFailed, *_transient_errors()) as exc:
+            held = _read_claim(bucket, blob.name)
+            if held is not None and held.get("token") == token:
+                return blob  # ours: the answer to a stored upload was lost
+            if held is None:
+                if isinstance(exc, gexc.PreconditionFailed):
+                    continue  # released meanwhile: try again
+                raise
+            age = time.time() - float(held.get("since", 0))
+            if age < CLAIM_LEASE_SECONDS:
+                raise OutputExistsError(f"another run is publishing to {output_uri} right now (for {age:.0f}s); "
+                                        "choose another --output") from None
+            log.warning("taking over a publish claim on %s left %.0fs ago by a run that died", output_uri, age)
+            with contextlib.suppress(gexc.NotFound):
+                blob.delete(retry=retry_policy())
+    raise OutputExistsError(f"another run is publishing to {output_uri} right now; choose another --output")
+
+
+def _read_claim(bucket, name: str) -> dict | None:
+    blob = bucket.get_blob(name, retry=retry_policy())
+    if blob is None:
+        return None
+    try:
+        return json.loads(blob.download_as_bytes(retry=retry_policy()))
+    except ValueError:
+        return {"since": 0}
 
 
 def _create_manifest(blob, path: Path, output_uri: str) -> None:
@@ -544,14 +598,26 @@ def _is_our_object(bucket, name: str, path: Path, retry) -> bool:
 
 
 def _upload_many(bucket, root: Path, prefix: str, names: list[str]) -> None:
+    """Upload in parallel; files whose upload failed transiently are uploaded again (whole), because
+    a resumable session broken mid-chunk is not always resumed by the client itself."""
     from google.cloud.storage import transfer_manager
 
-    pairs = [(str(root / n), bucket.blob(_gcs_key(prefix, n))) for n in names]
-    results = transfer_manager.upload_many(pairs, upload_kwargs={"retry": retry_policy(), "checksum": "auto"},
-                                           max_workers=8, worker_type="thread", raise_exception=True)
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
+    pending = list(names)
+    for attempt in range(UPLOAD_ATTEMPTS):
+        pairs = [(str(root / n), bucket.blob(_gcs_key(prefix, n))) for n in pending]
+        results = transfer_manager.upload_many(pairs, upload_kwargs={"retry": retry_policy(), "checksum": "auto"},
+                                               max_workers=8, worker_type="thread", raise_exception=False)
+        failed = [(n, r) for n, r in zip(pending, results) if isinstance(r, Exception)]
+        fatal = [r for _, r in failed if not isinstance(r, _transient_errors())]
+        if fatal:
+            raise fatal[0]
+        if not failed:
+            return
+        if attempt + 1 == UPLOAD_ATTEMPTS:
+            raise failed[0][1]
+        log.warning("uploading %d file(s) again after %s", len(failed), _reason(failed[0][1]))
+        pending = [n for n, _ in failed]
+        _pause(attempt)
 
 
 # --------------------------------------------------------------------------------------------

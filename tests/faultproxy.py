@@ -43,7 +43,8 @@ class Rule:
     method: str | None = None  # e.g. "GET"; None matches any
     path: str | None = None  # substring of the path
     query: str | None = None  # substring of the raw query, e.g. "alt=media" or "uploadType=multipart"
-    first: int | None = None  # fire on the first N matching requests
+    skip: int = 0  # let the first N matching requests through untouched (e.g. the publish claim)
+    first: int | None = None  # fire on the first N matching requests (after `skip`)
     fraction: float | None = None  # or on this share of them (seeded RNG); neither: on every match
     limit: int | None = None  # and never more than this many times in all
     matched: int = 0
@@ -105,10 +106,12 @@ class FaultProxy:
                 if not rule.matches(method, path, query):
                     continue
                 rule.matched += 1
+                if rule.matched <= rule.skip:
+                    continue
                 if rule.limit is not None and rule.fired >= rule.limit:
                     continue
                 if rule.first is not None:
-                    fire = rule.matched <= rule.first
+                    fire = rule.matched - rule.skip <= rule.first
                 elif rule.fraction is not None:
                     fire = self._rng.random() < rule.fraction
                 else:
