@@ -70,3 +70,10 @@ lint: setup k8s ## hadolint the Dockerfile, schema-check every rendered overlay 
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_OUT)/*.yaml
 	$(VENV)/bin/ruff check --line-length 120 --select E,F,W,B --ignore E402,E501,B905 .
+
+# ---- Benchmark (bench/; see bench/README.md) ----------------------------------------------------
+BENCH_ARGS ?=
+.PHONY: bench
+
+bench: setup ## Speed benchmark: ours vs the seed recipe vs PyTorch Trainer on SST-2 (15-25 min; BENCH_ARGS='--no-torch')
+	$(PY) -m bench.bench $(BENCH_ARGS)

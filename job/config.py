@@ -17,6 +17,8 @@ from typing import Any
 from job.errors import ConfigError
 
 DATA_FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+JIT_COMPILE = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,15 @@ class TrainConfig:
     checkpoint_every: int = 500
     # Multi-worker: seconds to wait for peers at start and inside one collective before failing.
     cluster_timeout: int = 600
+    # auto | fp32 | bf16 | fp16. auto: bf16 on GPUs with compute capability 8.0+, fp16 with loss
+    # scaling on 7.x, fp32 otherwise (CPU). Mixed precision keeps the head, logits and loss in float32.
+    precision: str = "auto"
+    # XLA-compile the train step: auto (on with GPUs, off on CPU: no faster there, and slow to
+    # compile), on, off. Batches are then padded to multiples of 16 tokens: a handful of programs.
+    jit_compile: str = "auto"
+    # Optimizer steps per call into the compiled step: >1 saves host round trips on fast GPUs;
+    # callbacks (progress, NaN check, checkpoints) then run every this many steps.
+    steps_per_execution: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +166,11 @@ def validate(cfg: JobConfig) -> None:
     _positive("per-replica-batch-size", t.per_replica_batch_size)
     _positive("learning-rate", t.learning_rate)
     _positive("cluster-timeout", t.cluster_timeout)
+    _positive("steps-per-execution", t.steps_per_execution)
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    if t.jit_compile not in JIT_COMPILE:
+        raise ConfigError(f"--jit-compile must be one of {', '.join(JIT_COMPILE)}, got {t.jit_compile!r}")
     if t.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be 0 (epochs only) or more, got {t.checkpoint_every}")
     if m.num_labels is not None and m.num_labels < 2:

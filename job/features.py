@@ -1,13 +1,16 @@
 """Features: tokenize with the checkpoint's fast tokenizer, then batch with per-batch padding.
 
-Tokenization runs through `datasets.map(batched=True)` without padding; each batch is padded
-only to its own longest row, rounded up to a multiple of `pad_multiple` so the compiled step sees
-a handful of shapes rather than one per batch. Batches are formed from length-sorted windows of
-shuffled rows, so padding stays small while the order is still random.
+Tokenization calls the fast tokenizer on chunks of rows without padding and keeps the ids as
+flat arrays + offsets. Each batch is padded only to its own longest row, rounded up to a multiple
+of `pad_multiple`: 1 (exact) when steps run op by op, as on CPU, where a new shape costs nothing;
+16 where XLA compiles the step (GPU), so it compiles max_length / 16 programs, not one per batch.
+Batches are formed from length-sorted windows of shuffled rows, so padding stays small while the
+order is still random. `python -m bench.bench` measures the padding fraction this gives.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -18,7 +21,20 @@ from job.data import Split
 
 # Rows per length-sorting window = this x batch size: larger pads less, smaller shuffles more.
 SORT_WINDOW_BATCHES = 50
-PAD_MULTIPLE = 16
+# Batch widths are rounded up to a multiple of this when XLA compiles the step: a fixed handful of
+# shapes (8 up to 128 tokens), each compiled once. Without XLA every width costs the same to run, so
+# rows are padded to the batch's longest row exactly (SST-2: 4% padding instead of 40% at 16).
+XLA_PAD_MULTIPLE = 16
+# Rows per tokenizer call: large enough for the Rust tokenizer's threads, small enough for memory.
+TOKENIZE_CHUNK = 16384
+
+
+def pad_multiple(jit_compile: bool | None = None) -> int:
+    """The width granularity for a step that XLA compiles or not (None: XLA iff a GPU is visible,
+    the default of training.jit_compile_enabled)."""
+    if jit_compile is None:
+        jit_compile = bool(tf.config.list_physical_devices("GPU"))
+    return XLA_PAD_MULTIPLE if jit_compile else 1
 
 
 @dataclass(frozen=True)
@@ -42,27 +58,28 @@ class Encoded:
 
 
 def encode(split: Split, tokenizer, max_length: int) -> Encoded:
-    import datasets
-
-    datasets.disable_progress_bars()
-    columns = {"text": list(split.texts)}
-    if split.pairs is not None:
-        columns["pair"] = list(split.pairs)
+    """Token ids of every row, unpadded. One tokenizer call per chunk; the lists it returns are
+    flattened straight into int32 arrays (no per-row numpy objects, no Arrow round trip)."""
     names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
-
-    def tok(batch):
-        args = (batch["text"], batch["pair"]) if "pair" in batch else (batch["text"],)
+    texts, pairs = list(split.texts), (list(split.pairs) if split.pairs is not None else None)
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    lengths: list[np.ndarray] = []
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        args = (texts[start:start + TOKENIZE_CHUNK],)
+        if pairs is not None:
+            args += (pairs[start:start + TOKENIZE_CHUNK],)
         enc = tokenizer(*args, truncation=True, max_length=max_length, padding=False)
-        return {n: enc[n] for n in names}
-
-    ds = datasets.Dataset.from_dict(columns).map(tok, batched=True, batch_size=2000,
-                                                 remove_columns=list(columns), keep_in_memory=True)
-    table = ds.data.table
-    features, offsets = {}, None
-    for n in names:
-        col = table.column(n).combine_chunks()
-        features[n] = col.values.to_numpy(zero_copy_only=False).astype(np.int32)
-        offsets = col.offsets.to_numpy().astype(np.int64)
+        ids = enc["input_ids"]
+        n_tokens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        lengths.append(n_tokens)
+        total = int(n_tokens.sum())
+        for n in names:
+            # Unpadded rows attend to every token: the mask is all ones, no need to read it back.
+            chunks[n].append(np.ones(total, np.int32) if n == "attention_mask" else
+                             np.fromiter(itertools.chain.from_iterable(enc[n]), dtype=np.int32, count=total))
+    features = {n: np.concatenate(c) if c else np.zeros(0, np.int32) for n, c in chunks.items()}
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64) if lengths \
+        else np.zeros(1, np.int64)
     return Encoded(features, offsets, np.asarray(split.labels, dtype=np.int32))
 
 
@@ -91,18 +108,37 @@ def steps_per_epoch(n: int, global_batch: int) -> int:
     return math.ceil(n / global_batch)
 
 
-def pad_batch(enc: Encoded, idx: np.ndarray, max_length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+def padded_width(longest: int, max_length: int, multiple: int) -> int:
+    return min(max_length, int(math.ceil(max(longest, 1) / multiple) * multiple))
+
+
+def pad_batch(enc: Encoded, idx: np.ndarray, max_length: int, pad_id: int = 0, multiple: int | None = None
+              ) -> dict[str, np.ndarray]:
+    """Rows `idx` padded to their longest, rounded up to `multiple` (None: pad_multiple())."""
+    idx = np.asarray(idx)
     lengths = enc.lengths[idx]
-    width = min(max_length, int(math.ceil(max(lengths.max(), 1) / PAD_MULTIPLE) * PAD_MULTIPLE))
+    width = padded_width(int(lengths.max()) if len(idx) else 1, max_length,
+                         pad_multiple() if multiple is None else multiple)
+    # One gather for the whole batch: position j of row r reads flat[offsets[idx[r]] + j].
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    source = (enc.offsets[idx][:, None] + np.arange(width)[None, :])[mask]
     out = {}
     for name, flat in enc.features.items():
-        fill = pad_id if name == "input_ids" else 0
-        arr = np.full((len(idx), width), fill, dtype=np.int32)
-        for row, i in enumerate(idx):
-            start, end = enc.offsets[i], enc.offsets[i + 1]
-            arr[row, :end - start] = flat[start:end]
+        arr = np.full((len(idx), width), pad_id if name == "input_ids" else 0, dtype=np.int32)
+        arr[mask] = flat[source]
         out[name] = arr
     return out
+
+
+def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray], max_length: int, multiple: int
+                     ) -> tuple[int, int]:
+    """(real tokens, computed tokens) of a batch plan: what padding costs in compute."""
+    real = computed = 0
+    for b in batches:
+        ls = lengths[b]
+        real += int(ls.sum())
+        computed += len(b) * padded_width(int(ls.max()), max_length, multiple)
+    return real, computed
 
 
 @dataclass(frozen=True)
@@ -147,42 +183,46 @@ def _signature(enc: Encoded):
     return x, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)
 
 
-def _dataset(enc: Encoded, batches, global_batch: int, max_length: int, pad_id: int, shard: Sharding):
+def _dataset(enc: Encoded, batches, global_batch: int, max_length: int, pad_id: int, shard: Sharding,
+             multiple: int | None):
+    multiple = pad_multiple() if multiple is None else multiple
+
     def gen():
         for idx in batches():
             for rows, weights in replica_batches(idx, global_batch, shard):
-                yield pad_batch(enc, rows, max_length, pad_id), enc.labels[rows], weights
+                yield pad_batch(enc, rows, max_length, pad_id, multiple), enc.labels[rows], weights
 
     return _finish(tf.data.Dataset.from_generator(gen, output_signature=_signature(enc)))
 
 
 def train_dataset(enc: Encoded, global_batch: int, epochs: int, seed: int, max_length: int,
                   pad_id: int = 0, initial_epoch: int = 0, skip: int = 0,
-                  shard: Sharding = Sharding()) -> tf.data.Dataset:
+                  shard: Sharding = Sharding(), pad_multiple: int | None = None) -> tf.data.Dataset:
     """Per-replica (x, y, weight) batches of epochs initial_epoch.. in one stream, the first `skip`
-    global batches left out (resume); fit() takes steps_per_epoch of them per epoch."""
+    global batches left out (resume); fit() takes steps_per_epoch of them per epoch.
+    `pad_multiple`: batch width granularity, None for features.pad_multiple()."""
 
     def batches():
         for epoch in range(initial_epoch, epochs):
             plan = plan_batches(enc.lengths, global_batch, seed, epoch)
             yield from plan[skip if epoch == initial_epoch else 0:]
 
-    return _dataset(enc, batches, global_batch, max_length, pad_id, shard)
+    return _dataset(enc, batches, global_batch, max_length, pad_id, shard, pad_multiple)
 
 
 def validation_dataset(enc: Encoded, global_batch: int, max_length: int, pad_id: int = 0,
-                       shard: Sharding = Sharding()) -> tf.data.Dataset:
+                       shard: Sharding = Sharding(), pad_multiple: int | None = None) -> tf.data.Dataset:
     """Length-sorted per-replica batches of the whole split, for fit()'s per-epoch validation."""
     plan = plan_batches(enc.lengths, global_batch, 0, 0, shuffle=False)
-    return _dataset(enc, lambda: iter(plan), global_batch, max_length, pad_id, shard)
+    return _dataset(enc, lambda: iter(plan), global_batch, max_length, pad_id, shard, pad_multiple)
 
 
-def eval_dataset(enc: Encoded, batch: int, max_length: int, pad_id: int = 0
+def eval_dataset(enc: Encoded, batch: int, max_length: int, pad_id: int = 0, pad_multiple: int | None = None
                  ) -> tuple[tf.data.Dataset, np.ndarray]:
     """Length-sorted batches (least padding) and the row order they come in; not distributed."""
     plan = plan_batches(enc.lengths, batch, 0, 0, shuffle=False)
     order = np.concatenate(plan) if plan else np.zeros(0, dtype=np.int64)
-    return _dataset(enc, lambda: iter(plan), batch, max_length, pad_id, Sharding()), order
+    return _dataset(enc, lambda: iter(plan), batch, max_length, pad_id, Sharding(), pad_multiple), order
 
 
 def _finish(ds: tf.data.Dataset) -> tf.data.Dataset:

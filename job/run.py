@@ -93,17 +93,24 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
             val_enc = features.encode(data.validation, tokenizer, cfg.model.max_length)
         pad_id = tokenizer.pad_token_id or 0
 
-        # Each worker's input pipeline yields its own per-replica batches of one global plan.
+        # Each worker's input pipeline yields its own per-replica batches of one global plan; with
+        # XLA, batch widths are rounded up so that only a handful of shapes get compiled.
+        multiple = features.pad_multiple(training.jit_compile_enabled(cfg.train))
+
         def train_ds(epoch: int, skip: int):
             return strategy.distribute_datasets_from_function(lambda ctx: features.train_dataset(
                 train_enc, global_batch, cfg.train.epochs, cfg.train.seed, cfg.model.max_length, pad_id,
-                initial_epoch=epoch, skip=skip, shard=features.Sharding.from_context(ctx)))
+                initial_epoch=epoch, skip=skip, shard=features.Sharding.from_context(ctx), pad_multiple=multiple))
 
         val_ds = strategy.distribute_datasets_from_function(lambda ctx: features.validation_dataset(
-            val_enc, global_batch, cfg.model.max_length, pad_id, shard=features.Sharding.from_context(ctx)))
+            val_enc, global_batch, cfg.model.max_length, pad_id, shard=features.Sharding.from_context(ctx),
+            pad_multiple=multiple))
         val_steps = features.steps_per_epoch(len(val_enc), global_batch)
 
         # -- model and optimizer, built inside the strategy so variables are mirrored
+        precision = training.set_precision(cfg.train.precision)
+        log.info("precision: %s, XLA: %s, steps per execution: %d", precision,
+                 "on" if training.jit_compile_enabled(cfg.train) else "off", cfg.train.steps_per_execution)
         with timer("load_model"), strategy.scope():
             clf = model_step.load_classifier(ckpt, kind, data.label_names)
             training.compile_model(clf, cfg.train, total_steps=steps * cfg.train.epochs)
@@ -144,6 +151,7 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
             "workers": topo.workers,
             "cluster_source": topo.source,
             "global_batch_size": global_batch,
+            "precision": precision,
             "steps_per_epoch": steps,
             "data": {"train_examples": len(data.train), "validation_examples": len(data.validation),
                      "labels": list(data.label_names), "validation_source": data.validation_source,

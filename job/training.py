@@ -4,6 +4,10 @@ The classifier outputs logits (no softmax), so the loss is
 SparseCategoricalCrossentropy(from_logits=True). Built for probabilities instead, the loss
 squashes already-unnormalised scores and the model barely learns - the classic silent bug this
 job exists to rule out (tests/test_training.py proves the difference).
+
+Speed levers, each chosen by TrainConfig and measured by `make bench` (bench/README.md):
+precision (mixed bf16/fp16 with a float32 head and loss), XLA (`jit_compile`) and
+`steps_per_execution`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,58 @@ from job.errors import BadInputError, TransientError
 log = logging.getLogger(__name__)
 
 NO_DECAY = ("bias", "LayerNorm", "layer_norm")
+# The task head's layer names across architectures (BERT, DistilBERT, RoBERTa, GPT-2, XLNet): kept
+# in float32 under mixed precision so logits, and the loss computed from them, are float32.
+HEAD_LAYERS = ("classifier", "pre_classifier", "score", "logits_proj", "sequence_summary")
+# --precision values -> Keras dtype policy names.
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+def resolve_precision(precision: str) -> str:
+    """auto: bf16 on GPUs with bfloat16 tensor cores (compute capability 8.0+, Ampere on), fp16
+    with loss scaling on older tensor-core GPUs (7.x), else fp32 - on CPU too: bf16 is faster on
+    CPUs with AVX512-BF16/AMX, but only there, so it is an explicit choice (bench/README.md)."""
+    if precision != "auto":
+        return precision
+    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability")
+                    for g in tf.config.list_physical_devices("GPU")]
+    if not capabilities or any(c is None for c in capabilities):
+        return "fp32"
+    oldest = min(capabilities)
+    return "bf16" if oldest >= (8, 0) else "fp16" if oldest >= (7, 0) else "fp32"
+
+
+def set_precision(precision: str) -> str:
+    """Set the Keras dtype policy for models built from now on; call before building the model.
+    Returns the precision resolved from `auto`."""
+    resolved = resolve_precision(precision)
+    tf.keras.mixed_precision.set_global_policy(POLICIES[resolved])
+    return resolved
+
+
+def jit_compile_enabled(cfg: TrainConfig) -> bool:
+    """auto: XLA on GPUs (fused kernels, a handful of padded shapes); off on CPU, where XLA's own
+    matmuls are no faster than oneDNN's and each new batch width costs a 10-40 s compile."""
+    if cfg.jit_compile == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return cfg.jit_compile == "on"
+
+
+def _float32_head(model) -> None:
+    """Under mixed precision, compute the task head in float32: logits and loss stay float32.
+
+    The head's variables are already float32 (AutoCastVariable storage); switching the layers'
+    policy makes them read and compute in float32, and casts their 16-bit input up.
+    """
+    if model.dtype_policy.compute_dtype == "float32":
+        return
+    heads = [getattr(model, n) for n in HEAD_LAYERS if isinstance(getattr(model, n, None), tf.keras.layers.Layer)]
+    if not heads:
+        raise BadInputError(f"--precision: cannot find the classification head of {type(model).__name__} "
+                            "to keep it in float32; use --precision fp32")
+    for head in heads:
+        for layer in head._flatten_layers(include_self=True):
+            layer._set_dtype_policy(tf.keras.mixed_precision.Policy("float32"))
 
 
 @tf.keras.utils.register_keras_serializable(package="finetune_job")
@@ -59,10 +115,16 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> tf.keras.optimizers.Op
 
 
 def compile_model(model, cfg: TrainConfig, total_steps: int) -> None:
-    """Call inside strategy.scope()."""
-    model.compile(optimizer=make_optimizer(cfg, total_steps),
+    """Call inside strategy.scope(), on a model built after set_precision()."""
+    _float32_head(model)
+    optimizer = make_optimizer(cfg, total_steps)
+    if model.dtype_policy.compute_dtype == "float16":
+        # fp16 gradients underflow without it; the scale adapts (halves on overflow, skips the step).
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer,
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy("accuracy")])
+                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy("accuracy")],
+                  jit_compile=jit_compile_enabled(cfg), steps_per_execution=cfg.steps_per_execution)
 
 
 class FailOnNaN(tf.keras.callbacks.Callback):
@@ -82,12 +144,14 @@ class TrainingDiverged(BadInputError):
 
 
 class Throughput(tf.keras.callbacks.Callback):
-    """Wall time per epoch and the steady-state step time (the first step includes tracing)."""
+    """Wall time per epoch and of the first step (it includes tracing). With steps_per_execution
+    N, a "step" here is one execution of N optimizer steps."""
 
     def __init__(self):
         super().__init__()
         self.epoch_seconds: list[float] = []
         self.first_step_seconds: float | None = None
+        self.first_step_done_at: float | None = None  # time.time(): process start -> first step
         self._t0 = self._tb = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -103,6 +167,7 @@ class Throughput(tf.keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.first_step_seconds is None:
             self.first_step_seconds = time.perf_counter() - self._tb
+            self.first_step_done_at = time.time()
 
 
 class Preempted(TransientError):
@@ -148,6 +213,10 @@ class Checkpointing(tf.keras.callbacks.Callback):
         self.store, self.checkpoint, self.every = store, checkpoint, every
         self.history = history  # epoch metrics so far, carried across resumes
         self.preemption = preemption
+        self._saved_at = 0
+
+    def on_train_begin(self, logs=None):
+        self._saved_at = self._step()
 
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
@@ -157,8 +226,10 @@ class Checkpointing(tf.keras.callbacks.Callback):
         if self.preemption is not None and self.preemption.requested.is_set():
             self.store.save(self.checkpoint, step, self.history)
             raise Preempted(Preemption.MESSAGE + f" (checkpoint saved at step {step})")
-        if self.every and step % self.every == 0:
+        # Batches end every steps_per_execution steps: save when a multiple of `every` was passed.
+        if self.every and step // self.every > self._saved_at // self.every:
             self.store.save(self.checkpoint, step, self.history)
+            self._saved_at = step
 
     def on_epoch_end(self, epoch, logs=None):
         for k, v in (logs or {}).items():

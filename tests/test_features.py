@@ -49,11 +49,19 @@ def _encoded(rows: list[list[int]], labels: list[int]) -> features.Encoded:
 
 def test_pad_batch_pads_to_multiple_of_16_within_max_length():
     enc = _encoded([[5, 6, 7], [8] * 20, [9]], [0, 1, 0])
-    out = features.pad_batch(enc, np.array([0, 2]), max_length=64, pad_id=0)
+    out = features.pad_batch(enc, np.array([0, 2]), max_length=64, pad_id=0, multiple=16)
     assert out["input_ids"].shape == (2, 16)
     assert out["input_ids"][0, :4].tolist() == [5, 6, 7, 0]
     assert out["attention_mask"][1].tolist() == [1] + [0] * 15
-    assert features.pad_batch(enc, np.array([1]), max_length=24)["input_ids"].shape == (1, 24)
+    assert features.pad_batch(enc, np.array([1]), max_length=24, multiple=16)["input_ids"].shape == (1, 24)
+
+
+def test_pad_batch_without_xla_pads_to_the_longest_row_exactly():
+    enc = _encoded([[5, 6, 7], [8] * 20, [9]], [0, 1, 0])
+    out = features.pad_batch(enc, np.array([2, 0]), max_length=64, pad_id=0, multiple=1)
+    assert out["input_ids"].tolist() == [[9, 0, 0], [5, 6, 7]]
+    assert out["attention_mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
+    assert features.pad_multiple(jit_compile=False) == 1 and features.pad_multiple(jit_compile=True) == 16
 
 
 def test_eval_dataset_order_maps_back_to_rows():
