@@ -214,15 +214,13 @@ def resolve_run(model_uri: str, scratch: Path) -> tuple[str, Path]:
 
 def predict_command(model_uri: str, data_uri: str, output_uri: str, data_cfg, batch_size: int,
                     max_length: int, scratch: Path) -> dict:
-    from job import data, storage
+    from job import data
 
     run_uri, local = resolve_run(model_uri, scratch)
     rows = data.read_rows(data_uri, data_cfg, scratch / "data", labelled=False)
     probs, names = predict_rows(local, rows.texts, rows.pairs, batch_size, max_length)
-    name = output_uri.rstrip("/").rsplit("/", 1)[-1]
-    parent = output_uri.rstrip("/")[: -len(name)].rstrip("/") or "."
-    write_predictions(rows.texts, probs, names, scratch / "out" / name, rows.pairs)
-    storage.put_files(scratch / "out", [name], parent)
+    local_file = write_predictions(rows.texts, probs, names, scratch / "out" / _file_name(output_uri), rows.pairs)
+    _put_file(local_file, output_uri)
     log.info("wrote %d predictions of %s to %s", len(rows.texts), run_uri, output_uri)
     return {"model": run_uri, "rows": len(rows.texts), "output": output_uri}
 
@@ -230,7 +228,7 @@ def predict_command(model_uri: str, data_uri: str, output_uri: str, data_cfg, ba
 def evaluate_command(model_uri: str, data_uri: str, output_uri: str | None, data_cfg, batch_size: int,
                      max_length: int, scratch: Path) -> dict:
     """The training evaluation's metrics for a trained model on a labelled file or folder."""
-    from job import data, evaluation, storage
+    from job import data, evaluation
 
     run_uri, local = resolve_run(model_uri, scratch)
     rows = data.read_rows(data_uri, data_cfg, scratch / "data", labelled=True)
@@ -245,9 +243,21 @@ def evaluate_command(model_uri: str, data_uri: str, output_uri: str | None, data
     metrics = evaluation.classification_metrics(labels, np.log(np.clip(probs, 1e-12, 1.0)), names)
     result = {"model": run_uri, "data": data_uri, "evaluation": metrics}
     if output_uri:
-        name = output_uri.rstrip("/").rsplit("/", 1)[-1]
-        parent = output_uri.rstrip("/")[: -len(name)].rstrip("/") or "."
-        (scratch / "out").mkdir(parents=True, exist_ok=True)
-        (scratch / "out" / name).write_text(json.dumps(result, indent=2) + "\n")
-        storage.put_files(scratch / "out", [name], parent)
+        local_file = scratch / "out" / _file_name(output_uri)
+        local_file.parent.mkdir(parents=True, exist_ok=True)
+        local_file.write_text(json.dumps(result, indent=2) + "\n")
+        _put_file(local_file, output_uri)
     return result
+
+
+def _file_name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _put_file(local_file: Path, uri: str) -> None:
+    """Copy one local file to the file location `uri` (local or gs://)."""
+    from job import storage
+
+    name = _file_name(uri)
+    parent = uri.rstrip("/")[: -len(name)].rstrip("/") or "."
+    storage.put_files(local_file.parent, [local_file.name], parent)

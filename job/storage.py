@@ -195,19 +195,18 @@ def _crc32c_file(path: Path) -> str:
     """Base64 of the big-endian CRC32C, as GCS reports it (`blob.crc32c`)."""
     import google_crc32c
 
-    c = google_crc32c.Checksum()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            c.update(chunk)
-    return base64.b64encode(c.digest()).decode()
+    return base64.b64encode(_digest_file(path, google_crc32c.Checksum())).decode()
 
 
 def _md5_file(path: Path) -> str:
-    h = hashlib.md5()
+    return base64.b64encode(_digest_file(path, hashlib.md5())).decode()
+
+
+def _digest_file(path: Path, hasher) -> bytes:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return base64.b64encode(h.digest()).decode()
+            hasher.update(chunk)
+    return hasher.digest()
 
 
 def _download_bytes(blob, what: str) -> bytes:
@@ -384,11 +383,7 @@ def fetch_tree(uri: str, dest: Path) -> Path:
 # Publishing outputs: staged locally, uploaded, manifest last
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return _digest_file(path, hashlib.sha256()).hex()
 
 
 def build_manifest(staging: Path) -> dict:
