@@ -41,23 +41,17 @@ Semantics
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import errno
-import fcntl
-import hashlib
 import json
 import logging
 import math
 import os
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from job import storage
-from job.errors import ConfigError, TransientError
+from job.errors import ConfigError, DataError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +65,7 @@ TOLERANCE = 1e-9
 # The local lock is held for milliseconds; waiting this long means a hung holder (a stuck NFS mount).
 LOCK_TIMEOUT_SECONDS = 30.0
 
-Token = int | str  # gs://: the object's generation (0: none); local: sha256 of the file (0: none)
+Token = storage.Token  # gs://: the object's generation (0: none); local: sha256 of the file (0: none)
 
 
 class ChampionMoved(TransientError):
@@ -185,106 +179,48 @@ def _parse(data: bytes, where: str) -> dict:
 def read_champion(root_uri: str) -> tuple[dict | None, Token]:
     """(pointer or None, token for write_champion). The token is 0 when there is no pointer."""
     uri = champion_uri(root_uri)
-    if storage.is_gcs(root_uri):
-        return _read_gcs(uri)
-    path = Path(uri).expanduser()
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    data, token = storage.read_object(uri)
+    if data is None:
         return None, 0
-    return _parse(data, uri), hashlib.sha256(data).hexdigest()
+    return _parse(data, uri), token
+
+
+def run_of(root_uri: str, pointer: dict) -> str:
+    """The run a pointer names, which must lie below the root: a pointer edited (or written by a
+    compromised job) to name another bucket or folder must not decide what gets served."""
+    uri = str(pointer.get("uri") or "")
+    runs = root_uri.rstrip("/") + "/"
+    if storage.is_gcs(root_uri):
+        inside = uri.startswith(runs) and ".." not in uri[len(runs):].split("/")
+    else:
+        base = os.path.realpath(Path(runs).expanduser())
+        inside = os.path.commonpath([base, os.path.realpath(Path(uri).expanduser())]) == base if uri else False
+    if not inside or uri.rstrip("/") + "/" == runs:
+        raise DataError(f"{champion_uri(root_uri)} names {uri!r}, which is not a folder below {runs}; "
+                        "promote a run of this root again (promote with force) or fix the pointer")
+    return uri
 
 
 def write_champion(root_uri: str, pointer: dict, expected_token: Token) -> Token:
     """Replace the pointer only if it is still what `expected_token` was read from (0: only if there
-    is none); raise ChampionMoved otherwise. Returns the new token."""
+    is none); raise ChampionMoved otherwise. Returns the new token.
+
+    gs://: a generation precondition (the client's retries included: a retry refused because its
+    first attempt landed is recognised by storage.write_object). Local: under an flock of the root,
+    compare the sha256 we read, then an atomic rename; readers take no lock.
+    """
     body = (json.dumps(pointer, indent=2, allow_nan=False) + "\n").encode()
     uri = champion_uri(root_uri)
-    if storage.is_gcs(root_uri):
-        return _write_gcs(uri, body, expected_token)
-    return _write_local(Path(root_uri).expanduser(), body, expected_token)
-
-
-def _read_gcs(uri: str) -> tuple[dict | None, Token]:
-    from google.api_core import exceptions as gexc
-
-    bucket_name, key = storage.split_gcs(uri)
-    blob = storage.gcs_client().bucket(bucket_name).blob(key)
-    with storage.gcs_errors(f"reading {uri}"):
-        try:
-            # One request gives the content and the generation it belongs to (x-goog-generation):
-            # a separate metadata call could pair new content with an old generation.
-            data = blob.download_as_bytes()
-        except gexc.NotFound:
-            return None, 0
-        if blob.generation is None:  # header missing: pin the generation, then fetch exactly it
-            blob.reload()
-            data = blob.download_as_bytes(if_generation_match=blob.generation)
-    return _parse(data, uri), int(blob.generation)
-
-
-def _write_gcs(uri: str, body: bytes, expected: Token) -> Token:
-    from google.api_core import exceptions as gexc
-
-    bucket_name, key = storage.split_gcs(uri)
-    blob = storage.gcs_client().bucket(bucket_name).blob(key)
-    # Serving reads the pointer: a public object would otherwise be cached for up to an hour.
-    blob.cache_control = "no-store"
-    moved = False
-    with storage.gcs_errors(f"writing {uri}"):
-        try:
-            blob.upload_from_string(body, content_type="application/json", if_generation_match=int(expected))
-        except gexc.PreconditionFailed:
-            moved = True  # raised below, outside gcs_errors: it is ours, not a storage failure to map
-    if moved:
-        raise ChampionMoved(f"{uri} changed since it was read (another run promoted meanwhile)")
-    return int(blob.generation)
-
-
-@contextlib.contextmanager
-def _locked(root: Path):
-    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    raise TransientError(f"cannot lock {root / LOCK} ({exc.strerror}); retry later") from None
-                time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)  # closing drops the lock
-
-
-def _write_local(root: Path, body: bytes, expected: Token) -> Token:
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / CHAMPION
-    with _locked(root):
-        try:
-            current: Token = hashlib.sha256(path.read_bytes()).hexdigest()
-        except FileNotFoundError:
-            current = 0
-        if current != expected:
-            raise ChampionMoved(f"{path} changed since it was read (another run promoted meanwhile)")
-        tmp = root / f".{CHAMPION}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            # Readers take no lock: a rename shows them the old or the new pointer, never half of one.
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
-    return hashlib.sha256(body).hexdigest()
+        if storage.is_gcs(root_uri):
+            # Serving reads the pointer: a public object would otherwise be cached for up to an hour.
+            return storage.write_object(uri, body, if_token=expected_token, cache_control="no-store")
+        root = Path(root_uri).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        with storage.local_lock(root / LOCK, LOCK_TIMEOUT_SECONDS, f"promoting in {root_uri}"):
+            return storage.write_object(uri, body, if_token=expected_token)
+    except storage.PreconditionFailed:
+        raise ChampionMoved(f"{uri} changed since it was read (another run promoted meanwhile)") from None
 
 
 # --------------------------------------------------------------------------------------------

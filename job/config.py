@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import os
 import re
 import secrets
 from typing import Any
@@ -101,12 +102,16 @@ class OutputConfig:
     overwrite: bool = False
     # Local scratch for downloads, staging and caches; a temp folder when empty.
     work_dir: str = ""
-    # Where training state is saved for resuming (local or gs://); empty: `<output>.checkpoints`.
+    # Where training state is saved for resuming (local or gs://); empty: inside the output's own
+    # bookkeeping folder, `<output>/.finetune-job/checkpoints` - writable wherever the output is (a
+    # mount point with a read-only parent, a bucket root), and cleared once the run is published.
     checkpoint_dir: str = ""
 
     @property
     def checkpoints(self) -> str:
-        return self.checkpoint_dir or self.output.rstrip("/") + ".checkpoints"
+        from job.publish import CHECKPOINTS
+
+        return self.checkpoint_dir or self.output.rstrip("/") + "/" + CHECKPOINTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +176,8 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     if t.jit_compile not in JIT_COMPILE:
         raise ConfigError(f"--jit-compile must be one of {', '.join(JIT_COMPILE)}, got {t.jit_compile!r}")
+    if isinstance(t.seed, bool) or not isinstance(t.seed, int) or not 0 <= t.seed < 2**32:
+        raise ConfigError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {t.seed}")
     if t.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be 0 (epochs only) or more, got {t.checkpoint_every}")
     if m.num_labels is not None and m.num_labels < 2:
@@ -184,16 +191,44 @@ def validate(cfg: JobConfig) -> None:
                           ("text-pair-column", d.text_pair_column)):
             if col is not None and not col.isdigit():
                 raise ConfigError(f"with --no-header, --{flag} must be a 0-based column position, got {col!r}")
-    _check_output_not_inside_input(cfg)
+    _check_places(cfg)
 
 
-def _norm(uri: str) -> str:
-    return uri.rstrip("/") + "/"
+def _location(uri: str) -> tuple[str, ...]:
+    """A comparable form of a place: ("gs", bucket, *parts) or ("file", *parts of the real path)."""
+    if uri.startswith("gs://"):
+        bucket, _, name = uri[len("gs://"):].partition("/")
+        return ("gs", bucket, *[p for p in name.split("/") if p])
+    real = os.path.realpath(os.path.expanduser(uri))
+    return ("file", *[p for p in real.split(os.sep) if p])
 
 
-def _check_output_not_inside_input(cfg: JobConfig) -> None:
-    # Writing a run into the folder we read from would feed our own outputs back as data next time.
-    out = _norm(cfg.output.output)
-    for flag, src in (("data", cfg.data.data), ("train", cfg.data.train), ("validation", cfg.data.validation)):
-        if src and out.startswith(_norm(src)):
-            raise ConfigError(f"--output {cfg.output.output} lies inside --{flag} {src}: choose an output outside the input")
+def overlaps(a: str, b: str) -> bool:
+    """Whether one place lies inside the other (or they are the same place)."""
+    x, y = _location(a), _location(b)
+    n = min(len(x), len(y))
+    return x[:n] == y[:n]
+
+
+def _check_places(cfg: JobConfig) -> None:
+    """Places that must not overlap, checked before anything is read: writing the run into the data
+    would feed it back as data next time, and reading data from the output would let --overwrite or
+    a cleanup delete it; checkpoints, scratch or copies inside the output would become files of no
+    manifest there (and block every retry)."""
+    d, o = cfg.data, cfg.output
+    out = o.output
+    for flag, src in (("data", d.data), ("train", d.train), ("validation", d.validation)):
+        if src and overlaps(out, src):
+            inside = "lies inside" if len(_location(out)) >= len(_location(src)) else "contains"
+            raise ConfigError(f"--output {out} {inside} --{flag} {src}: keep the output and the input apart")
+    for flag, place in (("checkpoint-dir", o.checkpoint_dir), ("work-dir", o.work_dir),
+                        ("tensorboard-dir", o.tensorboard_dir), ("report-dir", o.report_dir)):
+        if place and overlaps(out, place):
+            raise ConfigError(f"--{flag} {place} overlaps --output {out}: choose a place outside the output "
+                              f"(or leave --{flag} unset for the default)")
+    if o.work_dir and o.work_dir.startswith("gs://"):
+        raise ConfigError(f"--work-dir must be a local folder, got {o.work_dir}")
+    root, run = _location(o.output_root), _location(out)
+    if o.promote_if_better and not (len(run) > len(root) and run[:len(root)] == root):
+        raise ConfigError(f"--output {out} must lie below --output-root {o.output_root} to be promoted "
+                          "(leave --output unset: the run then goes to ROOT/runs/RUN_ID)")

@@ -4,7 +4,7 @@
     probs, names = predict.predict_rows(Path("runs/r1"), texts, None, batch_size=64, max_length=128)
     predict.write_predictions(texts, probs, names, Path("predictions.jsonl"))
 
-`model_dir` is a run folder (local; fetch a gs:// run first with storage.fetch_tree). Its
+`model_dir` is a local run folder (resolve_run brings a published run there, verified). Its
 `saved_model/` is used when present - a traced graph: faster, and no transformers model code runs -
 else `hf_model/` through TFAutoModelForSequenceClassification. The tokenizer and the class names
 always come from `hf_model/` (the SavedModel holds neither).
@@ -202,14 +202,17 @@ def write_predictions(rows: Sequence[str], probs: np.ndarray, names: Sequence[st
 # The predict and evaluate commands: storage in, storage out
 
 def resolve_run(model_uri: str, scratch: Path) -> tuple[str, Path]:
-    """(run uri, local copy) for a run folder, or for an output root whose champion.json names one."""
-    from job import champion, storage
+    """(run uri, local folder of its files) for a published run, or for an output root whose
+    champion.json names one (below that root). Only a run with a manifest is loaded, and only files
+    that match their manifest's sha256 (job.publish.open_run)."""
+    from job import champion, publish
 
     pointer, _ = champion.read_champion(model_uri)
-    uri = pointer["uri"] if pointer else model_uri
+    uri = champion.run_of(model_uri, pointer) if pointer else model_uri
     if pointer:
         log.info("%s", champion.describe(pointer))
-    return uri, storage.fetch_tree(uri, scratch / "run")
+    _, folder = publish.open_run(uri, scratch / "run")
+    return uri, folder
 
 
 def predict_command(model_uri: str, data_uri: str, output_uri: str, data_cfg, batch_size: int,

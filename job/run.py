@@ -15,7 +15,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from job import (champion, checkpoints, distribution, evaluation, export, features, modelcard, plots, progress,
-                 report, storage, tblog, training)
+                 publish, report, storage, tblog, training)
 from job import data as data_step
 from job import model as model_step
 from job.config import JobConfig
@@ -60,14 +60,17 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
     log.info("config: %s", cfg.to_dict())
     tf.keras.utils.set_random_seed(cfg.train.seed)
     fingerprint = settings_fingerprint(cfg)
-    # Refuse early: hours of training must not end in "output exists". A retry of a run that
-    # published just before it was killed finds its own result there: done, not an error.
-    if not cfg.output.overwrite and (earlier := _already_published(cfg.output.output, fingerprint)):
-        log.info("%s already holds this run (same settings, published by an earlier attempt)", cfg.output.output)
-        if cfg.output.promote_if_better:
-            promote(cfg, earlier)  # the attempt may have died between publishing and promoting
-        return earlier
-    storage.check_output_free(cfg.output.output, cfg.output.overwrite)
+    identity = publish.Identity(cfg.output.run_id, fingerprint)
+    # Refuse early: hours of training must not end in "output exists" or "not writable". A retry of
+    # a run that published just before it was killed finds its own result there: done, not an error.
+    if publish.check_output(cfg.output.output, identity, cfg.output.overwrite) is not None:
+        earlier = _already_published(cfg.output.output, identity)
+        if earlier is not None:
+            log.info("%s already holds this run (same settings, published by an earlier attempt)",
+                     cfg.output.output)
+            if cfg.output.promote_if_better:
+                promote(cfg, earlier)  # the attempt may have died between publishing and promoting
+            return earlier
 
     with workspace(cfg) as scratch:
         # -- data and checkpoint: everything validated before the model is built
@@ -182,7 +185,7 @@ def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
             # Every worker exports (TF's rule for multi-worker saving); only the chief publishes.
             log.info("worker %d done; the chief publishes the run", topo.worker_index)
             return None
-        storage.publish(staging, cfg.output.output, cfg.output.overwrite, finalize=record_upload)
+        publish.publish(staging, cfg.output.output, identity, cfg.output.overwrite, finalize=record_upload)
         store.clear()
         log.info("published to %s (accuracy %.4f)", cfg.output.output, final["accuracy"])
         copy_for_platform(cfg, staging)
@@ -237,13 +240,13 @@ def _peer_loss_is_transient(topo: distribution.Topology):
                              "all workers resume from the chief's last checkpoint when restarted") from None
 
 
-def _already_published(output: str, fingerprint: str) -> dict | None:
-    """The metrics of a completed run at `output` made with these settings, else None."""
-    if storage.read_manifest(output) is None:
+def _already_published(output: str, identity: publish.Identity) -> dict | None:
+    """The metrics of the run with these settings committed at `output` (finishing what a crashed
+    attempt left undone first), else None."""
+    manifest = publish.complete(output, identity)
+    if manifest is None:
         return None
-    raw = storage.read_bytes(storage.join(output, report.METRICS))
-    metrics = json.loads(raw) if raw is not None else {}
-    return metrics if metrics.get("settings_fingerprint") == fingerprint else None
+    return json.loads(publish.read_file(output, manifest, report.METRICS))
 
 
 def _per_epoch(history: dict) -> list[dict]:

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import math
 import os
@@ -21,19 +20,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-from job.errors import BadInputError, ConfigError, DataError, OutputExistsError, TransientError
+from job.errors import BadInputError, ConfigError, DataError, TransientError
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-# Held while a run uploads its files to a gs:// output, so a second run cannot interleave its
-# files with the first one's. Hidden name: never data, never in a manifest.
-CLAIM = ".publishing"
-# A claim older than this is left from a publisher that died: it may be taken over.
-CLAIM_LEASE_SECONDS = 3600
-
 
 def is_gcs(uri: str) -> bool:
     return uri.startswith("gs://")
@@ -46,13 +37,6 @@ def split_gcs(uri: str) -> tuple[str, str]:
     if not bucket:
         raise BadInputError(f"{uri} names no bucket: write gs://BUCKET/path")
     return bucket, name
-
-
-def normalize(uri: str) -> str:
-    """A comparable form: absolute local paths, gs:// unchanged, no trailing slash."""
-    if is_gcs(uri):
-        return uri.rstrip("/")
-    return os.path.abspath(os.path.expanduser(uri))
 
 
 def join(uri: str, *parts: str) -> str:
@@ -125,8 +109,8 @@ def retry_policy():
     google-cloud-storage's DEFAULT_RETRY predicate (429, 408, 500, 502, 503, 504, connection
     refused/reset/cut, read time-outs), our back-off, and at most retry_seconds() in all per call;
     then the client raises google.api_core.exceptions.RetryError, which gcs_errors() turns into a
-    TransientError. Uploads are retried too: the create-only manifest upload copes with finding its
-    own earlier attempt (see _create_manifest).
+    TransientError. Uploads are retried too: a conditional write copes with finding its own earlier
+    attempt (see write_object).
     """
     from google.cloud.storage.retry import DEFAULT_RETRY
 
@@ -196,10 +180,6 @@ def _crc32c_file(path: Path) -> str:
     import google_crc32c
 
     return base64.b64encode(_digest_file(path, google_crc32c.Checksum())).decode()
-
-
-def _md5_file(path: Path) -> str:
-    return base64.b64encode(_digest_file(path, hashlib.md5())).decode()
 
 
 def _digest_file(path: Path, hasher) -> bytes:
@@ -380,216 +360,256 @@ def fetch_tree(uri: str, dest: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Publishing outputs: staged locally, uploaded, manifest last
+# Objects by name: read with a token, conditional write, copy, delete, list everything.
+# The building blocks of job.publish and job.champion; the same calls on a local folder and gs://.
+#
+# A token says which version of an object was read: on gs:// its generation, locally the sha256 of
+# its bytes; 0 means "there is no such object". A conditional write succeeds only if the object is
+# still at the token given (0: only if it does not exist yet). Local conditional writes are atomic
+# only under local_lock() of the same folder (the callers take it).
+
+Token = int | str
+
+
+class PreconditionFailed(Exception):
+    """The object is no longer at the token the caller read (another writer changed it)."""
+
 
 def sha256_file(path: Path) -> str:
     return _digest_file(path, hashlib.sha256()).hex()
-
-
-def build_manifest(staging: Path) -> dict:
-    files = []
-    for p in sorted(staging.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            files.append({"path": p.relative_to(staging).as_posix(), "size": p.stat().st_size,
-                          "sha256": sha256_file(p)})
-    return {"complete": True, "files": files}
-
-
-def read_manifest(output_uri: str) -> dict | None:
-    """The manifest of a completed run at `output_uri`, or None when there is none."""
-    if is_gcs(output_uri):
-        bucket_name, name = split_gcs(output_uri)
-        with gcs_errors(f"reading {output_uri}"):
-            blob = gcs_client().bucket(bucket_name).get_blob(_gcs_key(name, MANIFEST), retry=retry_policy())
-            return json.loads(_download_bytes(blob, f"reading {output_uri}")) if blob is not None else None
-    path = Path(output_uri).expanduser() / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def check_output_free(output_uri: str, overwrite: bool) -> None:
-    """Fail early, before hours of training, when publishing would be refused anyway."""
-    if overwrite:
-        return
-    if read_manifest(output_uri) is not None:
-        raise OutputExistsError(f"{output_uri} already holds a completed run: pass --overwrite or choose another --output")
-    if not is_gcs(output_uri):
-        path = Path(output_uri).expanduser()
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise OutputExistsError(f"{output_uri} exists and is not an empty folder: pass --overwrite or choose another --output")
 
 
 def _gcs_key(prefix: str, relative: str) -> str:
     return f"{prefix.rstrip('/')}/{relative}" if prefix.strip("/") else relative
 
 
-def publish(staging: Path, output_uri: str, overwrite: bool,
-            finalize: Callable[[float], list[str]] | None = None) -> dict:
-    """Publish the finished run in `staging` at `output_uri`; the manifest is written last.
+def read_object(uri: str) -> tuple[bytes | None, Token]:
+    """(bytes or None, token). On gs:// the bytes and the generation come from one answer, so new
+    content can never be paired with an old generation; the bytes are checked like every download."""
+    if is_gcs(uri):
+        bucket_name, key = split_gcs(uri)
+        from google.api_core import exceptions as gexc
 
-    A reader who sees `manifest.json` sees a whole run. Without `overwrite`, an existing
-    completed run is never touched: on gs:// the manifest is created with a create-only
-    precondition, so of two runs racing for one output exactly one wins. `finalize(seconds)`
-    runs after the bulk transfer (to record its duration) and names the staged files it rewrote.
-    """
-    (staging / MANIFEST).unlink(missing_ok=True)
-    if is_gcs(output_uri):
-        return _publish_gcs(staging, output_uri, overwrite, finalize)
-    return _publish_local(staging, Path(output_uri).expanduser(), overwrite, finalize)
-
-
-def _write_manifest(root: Path) -> dict:
-    manifest = build_manifest(root)
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
-def _publish_local(staging: Path, out: Path, overwrite: bool, finalize) -> dict:
-    check_output_free(str(out), overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Copy next to the destination first so the final step is one rename on the same filesystem.
-    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+        with gcs_errors(f"reading {uri}"):
+            for attempt in range(3):
+                blob = gcs_client().bucket(bucket_name).get_blob(key, retry=retry_policy())
+                if blob is None:
+                    return None, 0
+                try:
+                    # A blob from get_blob downloads exactly its generation: bytes and token agree.
+                    return _download_bytes(blob, f"reading {uri}"), int(blob.generation)
+                except gexc.NotFound:
+                    if attempt == 2:  # replaced between the two calls, three times over
+                        raise
+        raise AssertionError("unreachable")
+    path = Path(uri).expanduser()
     try:
-        t0 = time.perf_counter()
-        shutil.copytree(staging, partial)
-        for rel in finalize(time.perf_counter() - t0) if finalize else []:
-            shutil.copy2(staging / rel, partial / rel)
-        manifest = _write_manifest(partial)
-        old = None
-        if out.exists():
-            check_output_free(str(out), overwrite)  # a run that finished meanwhile wins
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-        os.rename(partial, out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return manifest
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None, 0
+    return data, hashlib.sha256(data).hexdigest()
 
 
-def _publish_gcs(staging: Path, output_uri: str, overwrite: bool, finalize) -> dict:
+def write_object(uri: str, data: bytes, if_token: Token | None = None, cache_control: str | None = None,
+                 tmp_dir: Path | None = None) -> Token:
+    """Store `data` at `uri`, only if the object is still at `if_token` (None: unconditionally).
+
+    Returns the new token. Raises PreconditionFailed when another writer got there first. Locally the
+    bytes go to a temp file (in `tmp_dir` when given, else beside the target) renamed into place. A gs:// write
+    is retried like every call; a retry refused because its own earlier attempt went through (the
+    answer was lost) is recognised by comparing bytes and counts as success.
+    """
+    if is_gcs(uri):
+        return _write_gcs_object(uri, data, if_token, cache_control)
+    path = Path(uri).expanduser()
+    if if_token is not None:
+        current, token = read_object(uri)
+        if token != if_token:
+            raise PreconditionFailed(f"{uri} changed since it was read")
+    _atomic_write(path, data, tmp_dir)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_gcs_object(uri: str, data: bytes, if_token: Token | None, cache_control: str | None) -> Token:
     from google.api_core import exceptions as gexc
 
-    bucket_name, prefix = split_gcs(output_uri)
-    bucket = gcs_client().bucket(bucket_name)
-    manifest_blob = bucket.blob(_gcs_key(prefix, MANIFEST))
-    with gcs_errors(f"publishing to {output_uri}"):
-        if not bucket.exists(retry=retry_policy()):
-            raise DataError(f"bucket gs://{bucket_name} does not exist: create it or fix --output")
-        existing = manifest_blob.exists(retry=retry_policy())
-        if existing and not overwrite:
-            raise OutputExistsError(f"{output_uri} already holds a completed run: pass --overwrite or choose another --output")
-        old_names = set()
-        if existing:
-            # Withdraw the old run first: a reader must never see its manifest over new files.
-            old_names = {b.name for b in gcs_client().list_blobs(bucket_name, prefix=_gcs_key(prefix, ""),
-                                                                  retry=retry_policy())}
-            with contextlib.suppress(gexc.NotFound):  # a retried delete whose first attempt went through
-                manifest_blob.delete(retry=retry_policy())
-        claim = _claim(bucket, prefix, output_uri)
-        t0 = time.perf_counter()
-        names = [p.relative_to(staging).as_posix() for p in sorted(staging.rglob("*")) if p.is_file()]
-        _upload_many(bucket, staging, prefix, names)
-        if finalize:
-            _upload_many(bucket, staging, prefix, finalize(time.perf_counter() - t0))
-        manifest = _write_manifest(staging)
-        _create_manifest(manifest_blob, staging / MANIFEST, output_uri)
-        with contextlib.suppress(gexc.NotFound):
-            claim.delete(retry=retry_policy())
-    # The run is published. Files of the old run that the new one lacks are garbage outside the
-    # manifest: failing to delete them must not turn a published run into a failed one.
-    stale = old_names - {_gcs_key(prefix, n) for n in names} - {manifest_blob.name, claim.name}
-    try:
-        with gcs_errors(f"deleting stale files of the old run at {output_uri}"):
-            for name in sorted(stale):
-                with contextlib.suppress(gexc.NotFound):
-                    bucket.blob(name).delete(retry=retry_policy())
-    except TransientError as exc:
-        log.warning("%s; the run is published, the leftovers are not in its manifest", exc)
-    return manifest
-
-
-def _claim(bucket, prefix: str, output_uri: str):
-    """Create the claim object create-only, or fail: another run is uploading to this output now.
-
-    Two runs racing for one output would otherwise both upload files under the same names, and the
-    loser's could replace the winner's after the winner's manifest listed them. A claim left by a
-    publisher that died is taken over after CLAIM_LEASE_SECONDS.
-    """
-    from google.api_core import exceptions as gexc
-
-    blob = bucket.blob(_gcs_key(prefix, CLAIM))
-    token = uuid.uuid4().hex
-    body = json.dumps({"token": token, "since": time.time()})
-    for _ in range(2):
+    bucket_name, key = split_gcs(uri)
+    blob = gcs_client().bucket(bucket_name).blob(key)
+    if cache_control:
+        blob.cache_control = cache_control
+    condition = {} if if_token is None else {"if_generation_match": int(if_token)}
+    with gcs_errors(f"writing {uri}"):
         try:
-            blob.upload_from_string(body, content_type="application/json", if_generation_match=0,
-                                    retry=retry_policy())
-            return blob
-        except (gexc.PreconditionFailed, *_transient_errors()) as exc:
-            held = _read_claim(bucket, blob.name)
-            if held is not None and held.get("token") == token:
-                return blob  # ours: the answer to a stored upload was lost
-            if held is None:
-                if isinstance(exc, gexc.PreconditionFailed):
-                    continue  # released meanwhile: try again
-                raise
-            age = time.time() - float(held.get("since", 0))
-            if age < CLAIM_LEASE_SECONDS:
-                raise OutputExistsError(f"another run is publishing to {output_uri} right now (for {age:.0f}s); "
-                                        "choose another --output") from None
-            log.warning("taking over a publish claim on %s left %.0fs ago by a run that died", output_uri, age)
-            with contextlib.suppress(gexc.NotFound):
-                blob.delete(retry=retry_policy())
-    raise OutputExistsError(f"another run is publishing to {output_uri} right now; choose another --output")
-
-
-def _read_claim(bucket, name: str) -> dict | None:
-    blob = bucket.get_blob(name, retry=retry_policy())
-    if blob is None:
-        return None
-    try:
-        return json.loads(blob.download_as_bytes(retry=retry_policy()))
-    except ValueError:
-        return {"since": 0}
-
-
-def _create_manifest(blob, path: Path, output_uri: str) -> None:
-    """Upload the manifest create-only (if_generation_match=0): of two racing runs exactly one wins.
-
-    The upload is retried like every call. When an attempt succeeded but its answer was lost, the
-    retry is refused with 412 by our own manifest: a 412 is "another run won" only when the manifest
-    there is not byte-for-byte ours (same size, CRC32C and MD5). Likewise when the retries run out,
-    one last look decides whether the manifest made it after all.
-    """
-    from google.api_core import exceptions as gexc
-
-    try:
-        blob.upload_from_filename(str(path), content_type="application/json", if_generation_match=0,
-                                  retry=retry_policy(), checksum="auto")
-    except gexc.PreconditionFailed:
-        if _is_our_object(blob.bucket, blob.name, path, retry=retry_policy()):
-            log.info("%s was already ours: an earlier attempt of its upload went through", blob.name)
-            return
-        raise OutputExistsError(f"another run published to {output_uri} at the same time; "
-                                "choose another --output") from None
-    except _transient_errors():
-        try:
-            ours = _is_our_object(blob.bucket, blob.name, path, retry=None)
-        except Exception:
-            ours = False
-        if not ours:
+            # Small objects only (pointers, manifests, claims): a multipart upload, whose
+            # precondition every server honours (fake-gcs-server ignores it on resumable ones).
+            blob.upload_from_string(data, content_type="application/json", retry=retry_policy(),
+                                    checksum="auto", **condition)
+            return int(blob.generation)
+        except gexc.PreconditionFailed:
+            ours = _gcs_holds(blob.bucket, key, data)
+            if ours is None:
+                raise PreconditionFailed(f"{uri} changed since it was read") from None
+            log.debug("%s: an earlier attempt of this write went through", uri)
+            return ours
+        except _transient_errors():
+            # Retries ran out, but the first attempt may have been stored: one last look decides.
+            with contextlib.suppress(Exception):
+                ours = _gcs_holds(blob.bucket, key, data, retry=None)
+                if ours is not None:
+                    return ours
             raise
-        log.info("%s was uploaded although the answer was lost", blob.name)
 
 
-def _is_our_object(bucket, name: str, path: Path, retry) -> bool:
-    """Whether object `name` holds exactly the bytes of local `path` (size, CRC32C and MD5 agree)."""
-    remote = bucket.get_blob(name, retry=retry)
-    if remote is None or remote.size != path.stat().st_size or not (remote.crc32c or remote.md5_hash):
-        return False
-    return ((not remote.crc32c or remote.crc32c == _crc32c_file(path))
-            and (not remote.md5_hash or remote.md5_hash == _md5_file(path)))
+def _gcs_holds(bucket, key: str, data: bytes, retry="default") -> int | None:
+    """The generation of object `key` if it holds exactly `data` (size, CRC32C and MD5 agree), else None."""
+    import google_crc32c
+
+    remote = bucket.get_blob(key, retry=retry_policy() if retry == "default" else retry)
+    if remote is None or remote.size != len(data) or not (remote.crc32c or remote.md5_hash):
+        return None
+    crc = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    if (remote.crc32c and remote.crc32c != crc) or (remote.md5_hash and remote.md5_hash != md5):
+        return None
+    return int(remote.generation)
+
+
+def delete_object(uri: str, if_token: Token | None = None) -> None:
+    """Delete `uri` if it exists (and, on gs://, only if still at `if_token` when one is given)."""
+    if is_gcs(uri):
+        from google.api_core import exceptions as gexc
+
+        bucket_name, key = split_gcs(uri)
+        condition = {} if if_token is None else {"if_generation_match": int(if_token)}
+        with gcs_errors(f"deleting {uri}"):
+            try:
+                gcs_client().bucket(bucket_name).blob(key).delete(retry=retry_policy(), **condition)
+            except gexc.NotFound:  # already gone, or a retried delete whose first attempt went through
+                pass
+            except gexc.PreconditionFailed:
+                raise PreconditionFailed(f"{uri} changed since it was read") from None
+        return
+    path = Path(uri).expanduser()
+    if if_token is not None:
+        _, token = read_object(uri)
+        if token != if_token:
+            raise PreconditionFailed(f"{uri} changed since it was read")
+    path.unlink(missing_ok=True)
+
+
+def copy_object(src: str, dst: str, tmp_dir: Path | None = None) -> None:
+    """Make `dst` hold the bytes of `src` (same bucket or same filesystem), replacing it atomically.
+
+    gs://: a server-side rewrite (no download; instant within one bucket and storage class). Local:
+    a hard link renamed into place (no second copy of a large file), or a copy where links do not
+    work (FUSE mounts); `src` stays in place either way.
+    """
+    if is_gcs(src):
+        src_bucket, src_key = split_gcs(src)
+        dst_bucket, dst_key = split_gcs(dst)
+        client = gcs_client()
+        with gcs_errors(f"copying {src} to {dst}"):
+            bucket = client.bucket(src_bucket)
+            bucket.copy_blob(bucket.blob(src_key), client.bucket(dst_bucket), dst_key, retry=retry_policy())
+        return
+    source, target = Path(src).expanduser(), Path(dst).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(target, tmp_dir)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def list_all(uri: str) -> list[str]:
+    """Every object/file name below folder/prefix `uri` (hidden ones included), relative, sorted;
+    [] when there is nothing there. Local: files, symlinks and empty folders (as "name/")."""
+    if is_gcs(uri):
+        bucket_name, name = split_gcs(uri)
+        prefix = _gcs_key(name, "")
+        with gcs_errors(f"listing {uri}"):
+            return sorted(b.name[len(prefix):] for b in gcs_client().list_blobs(bucket_name, prefix=prefix,
+                                                                                 retry=retry_policy()))
+    root = Path(uri).expanduser()
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink() or p.is_file():
+            out.append(rel)
+        elif p.is_dir() and not any(p.iterdir()):
+            out.append(rel + "/")
+    return sorted(out)
+
+
+def bucket_exists(uri: str) -> bool:
+    bucket_name, _ = split_gcs(uri)
+    with gcs_errors(f"bucket gs://{bucket_name}"):
+        return gcs_client().bucket(bucket_name).exists(retry=retry_policy())
+
+
+def _tmp_name(target: Path, tmp_dir: Path | None) -> Path:
+    """A temp name on the target's filesystem: in `tmp_dir` (the job's own bookkeeping folder, so a
+    crash leaves no stray names among the user's files) or beside the target."""
+    if tmp_dir is None:
+        return target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    return tmp_dir / f"{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def _atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write to a temp file, fsync, rename: a reader sees the old or the new bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path, tmp_dir)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the rename itself survives a crash (not every FS allows it)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def local_lock(path: Path, timeout: float, what: str):
+    """An exclusive flock on `path` (created if missing), waited for up to `timeout` seconds.
+
+    The kernel drops the lock with the process, so a SIGKILLed holder never blocks anyone (an O_EXCL
+    lock file would stay behind). Needs a local disk or NFS; gcsfuse mounts do not support flock.
+    """
+    import errno
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise TransientError(f"cannot lock {path} ({exc.strerror}); retry later") from None
+                if time.monotonic() > deadline:
+                    raise TransientError(f"{what}: {path} stayed locked by another process for {timeout:g} s; "
+                                         "retry later") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def _upload_many(bucket, root: Path, prefix: str, names: list[str]) -> None:
@@ -629,8 +649,8 @@ def read_bytes(uri: str) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
-def put_files(local: Path, names: list[str], uri: str) -> None:
-    """Copy local/<name> to uri/<name> for each name."""
+def put_files(local: Path, names: list[str], uri: str, tmp_dir: Path | None = None) -> None:
+    """Copy local/<name> to uri/<name> for each name (locally through a temp file renamed into place)."""
     if not names:
         return
     if is_gcs(uri):
@@ -644,9 +664,12 @@ def put_files(local: Path, names: list[str], uri: str) -> None:
         # Copy then rename: a reader never sees a half-written file.
         target = safe_local_path(dest, name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        shutil.copyfile(local / name, tmp)
-        os.replace(tmp, target)
+        tmp = _tmp_name(target, tmp_dir)
+        try:
+            shutil.copyfile(local / name, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def get_files(uri: str, names: list[str], local: Path) -> None:

@@ -43,6 +43,8 @@ class Rule:
     method: str | None = None  # e.g. "GET"; None matches any
     path: str | None = None  # substring of the path
     query: str | None = None  # substring of the raw query, e.g. "alt=media" or "uploadType=multipart"
+    body: bytes | None = None  # substring of the request body, e.g. b'"name": "run/manifest.json"' (an
+    #                            upload names its object in the multipart body, not in the query)
     skip: int = 0  # let the first N matching requests through untouched (e.g. the publish claim)
     first: int | None = None  # fire on the first N matching requests (after `skip`)
     fraction: float | None = None  # or on this share of them (seeded RNG); neither: on every match
@@ -54,10 +56,11 @@ class Rule:
         if self.action not in ACTIONS:
             raise ValueError(f"unknown action {self.action!r}: one of {ACTIONS}")
 
-    def matches(self, method: str, path: str, query: str) -> bool:
+    def matches(self, method: str, path: str, query: str, body: bytes = b"") -> bool:
         return ((self.method is None or self.method == method)
                 and (self.path is None or self.path in path)
-                and (self.query is None or self.query in query))
+                and (self.query is None or self.query in query)
+                and (self.body is None or self.body in body))
 
 
 @dataclass(frozen=True)
@@ -100,10 +103,10 @@ class FaultProxy:
     def faults(self) -> int:
         return sum(1 for s in self.log if s.action != "forward")
 
-    def _decide(self, method: str, path: str, query: str) -> tuple[Rule | None, int]:
+    def _decide(self, method: str, path: str, query: str, body: bytes = b"") -> tuple[Rule | None, int]:
         with self._lock:
             for rule in self.rules:
-                if not rule.matches(method, path, query):
+                if not rule.matches(method, path, query, body):
                     continue
                 rule.matched += 1
                 if rule.matched <= rule.skip:
@@ -255,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
             p._record(self.command, path, query, "reset", None)
             return
-        rule, status = p._decide(self.command, path, query)
+        rule, status = p._decide(self.command, path, query, body)
         action = rule.action if rule else "forward"
         if action == "status":
             self._send_error_status(status)

@@ -22,10 +22,16 @@ import pytest
 
 from conftest import FAST, run_job
 from faultproxy import FaultProxy
-from job import emulator, storage
+from job import emulator, publish, storage
 from job.errors import ConfigError, DataError, OutputExistsError, TransientError
 
 TRANSIENT = (503, 429, 500)
+IDENT = publish.Identity("test-run", "fingerprint-of-test-run")
+
+
+def manifest_upload(prefix: str = "run") -> bytes:
+    """What only the upload of <prefix>/manifest.json carries: its name in the multipart body."""
+    return f'"name": "{prefix}/manifest.json"'.encode()
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +111,7 @@ def test_fetch_and_publish_through_30_percent_faults_are_byte_identical(gcs, gcs
     clean = storage.fetch(storage.list_files(f"gs://{bucket}/in/"), f"gs://{bucket}/in/", tmp_path / "clean")
     assert len(clean) == 7 == len(digests(source))
     shutil.copytree(source, tmp_path / "stage-clean")
-    storage.publish(tmp_path / "stage-clean", f"gs://{bucket}/clean", overwrite=False)
+    publish.publish(tmp_path / "stage-clean", f"gs://{bucket}/clean", IDENT, overwrite=False)
 
     use(monkeypatch, proxy.url)
     proxy.add("status", statuses=TRANSIENT, fraction=0.3)
@@ -113,7 +119,7 @@ def test_fetch_and_publish_through_30_percent_faults_are_byte_identical(gcs, gcs
     files = storage.list_files(f"gs://{bucket}/in/")
     storage.fetch(files, f"gs://{bucket}/in/", tmp_path / "faulty")
     shutil.copytree(source, tmp_path / "stage-faulty")
-    manifest = storage.publish(tmp_path / "stage-faulty", f"gs://{bucket}/faulty", overwrite=False)
+    manifest = publish.publish(tmp_path / "stage-faulty", f"gs://{bucket}/faulty", IDENT, overwrite=False)
     seconds = time.monotonic() - t0
     report(f"30% faults, fetch+publish in {seconds:.1f} s", proxy)
     assert proxy.faults() >= 10 and {s.status for s in proxy.log if s.action == "status"} == set(TRANSIENT)
@@ -123,8 +129,10 @@ def test_fetch_and_publish_through_30_percent_faults_are_byte_identical(gcs, gcs
     assert digests(tmp_path / "clean") == expected == digests(tmp_path / "faulty")
     assert {f["path"]: f["sha256"] for f in manifest["files"]} == expected
     published = remote_digests(gcs, bucket, "faulty/")
-    assert published == remote_digests(gcs, bucket, "clean/")  # manifests identical too: same bytes
-    assert {k: v for k, v in published.items() if k != "manifest.json"} == expected
+    clean_manifest = publish.read_manifest(f"gs://{bucket}/clean")[0]
+    assert clean_manifest["files"] == manifest["files"]  # same files, sizes and sha256 (attempt ids differ)
+    published.pop("manifest.json")
+    assert published == expected
 
 
 def test_cut_connections_and_lost_answers_are_survived(gcs, bucket, proxy, tmp_path):
@@ -136,7 +144,7 @@ def test_cut_connections_and_lost_answers_are_survived(gcs, bucket, proxy, tmp_p
     proxy.add("lost", method="POST", path="/upload/", fraction=0.3, limit=4)
     proxy.add("reset", fraction=0.1, limit=4)
     storage.fetch(storage.list_files(f"gs://{bucket}/in/"), f"gs://{bucket}/in/", tmp_path / "got")
-    manifest = storage.publish(write_tree(tmp_path / "stage"), f"gs://{bucket}/out", overwrite=False)
+    manifest = publish.publish(write_tree(tmp_path / "stage"), f"gs://{bucket}/out", IDENT, overwrite=False)
     report("cuts/lost/resets", proxy)
     assert sum(s.action == "cut" for s in proxy.log) >= 3 and proxy.faults() >= 6
     assert digests(tmp_path / "got") == digests(source)
@@ -187,7 +195,7 @@ def test_small_reads_check_integrity_too(gcs, bucket, proxy):
     """read_bytes / read_manifest: a corrupt answer is read again; one that stays corrupt is transient."""
     gcs.bucket(bucket).blob("run/manifest.json").upload_from_string(b'{"complete": true, "files": []}')
     proxy.add("corrupt", query="alt=media", first=1)
-    assert storage.read_manifest(f"gs://{bucket}/run") == {"complete": True, "files": []}
+    assert publish.read_manifest(f"gs://{bucket}/run")[0] == {"complete": True, "files": []}
     proxy.add("corrupt", query="alt=media")
     with pytest.raises(TransientError, match="integrity check"):
         storage.read_bytes(f"gs://{bucket}/run/manifest.json")
@@ -217,26 +225,33 @@ def test_storage_down_during_publish_publishes_nothing(gcs, bucket, proxy, monke
     proxy.add("status", statuses=(503,), path="/upload/")
     t0 = time.monotonic()
     with pytest.raises(TransientError) as err:
-        storage.publish(stage, f"gs://{bucket}/run", overwrite=False)
+        publish.publish(stage, f"gs://{bucket}/run", IDENT, overwrite=False)
     seconds = time.monotonic() - t0
     report(f"uploads down: TransientError after {seconds:.2f} s", proxy)
     assert seconds < 30 and "\n" not in str(err.value)
-    assert str(err.value).startswith(f"publishing to gs://{bucket}/run: storage unavailable")
+    assert str(err.value).startswith(f"writing gs://{bucket}/run/.finetune-job/claim.json: storage unavailable")
     assert sum(s.status == 503 for s in proxy.log) >= 5  # it did retry
     assert not gcs.bucket(bucket).blob("run/manifest.json").exists()
 
 
 def test_manifest_upload_down_publishes_nothing(gcs, bucket, proxy, monkeypatch, tmp_path):
-    """Everything uploaded but the manifest: the run is not published, and a retry can publish it."""
+    """Every file uploaded, then the manifest's upload fails until the retries run out: nothing is
+    published, and the retry (same run) publishes at once - its own earlier claim does not block it."""
     monkeypatch.setenv("FT_STORAGE_RETRY_SECONDS", "2")
-    proxy.add("status", statuses=(503, 500), query="ifGenerationMatch=0")
+    rule = proxy.add("status", statuses=(503, 500), body=manifest_upload())
     with pytest.raises(TransientError):
-        storage.publish(write_tree(tmp_path / "stage", big=False), f"gs://{bucket}/run", overwrite=False)
-    assert not gcs.bucket(bucket).blob("run/manifest.json").exists()
-    assert storage.read_manifest(f"gs://{bucket}/run") is None
+        publish.publish(write_tree(tmp_path / "stage", big=False), f"gs://{bucket}/run", IDENT, overwrite=False)
+    assert rule.fired >= 3  # the fault hit the manifest's upload, again and again
+    names = {b.name for b in gcs.list_blobs(bucket, prefix="run/")}
+    assert "run/manifest.json" not in names and publish.read_manifest(f"gs://{bucket}/run")[0] is None
+    assert any("/attempts/" in n for n in names)  # the files were uploaded (under the attempt's own names)
     proxy.clear()
-    storage.publish(write_tree(tmp_path / "stage2", big=False), f"gs://{bucket}/run", overwrite=False)
-    assert gcs.bucket(bucket).blob("run/manifest.json").exists()
+    t0 = time.monotonic()
+    manifest = publish.publish(write_tree(tmp_path / "stage2", big=False), f"gs://{bucket}/run", IDENT, overwrite=False)
+    assert time.monotonic() - t0 < 15
+    assert publish.read_manifest(f"gs://{bucket}/run")[0] == manifest
+    assert {b.name for b in gcs.list_blobs(bucket, prefix="run/")} == {f"run/{f['path']}" for f in manifest["files"]} | {
+        "run/manifest.json"}  # the dead attempt's files and claim are gone
 
 
 def test_fetch_with_downloads_down_is_transient(gcs, bucket, proxy, monkeypatch, tmp_path):
@@ -273,7 +288,7 @@ def test_two_publishes_racing_for_one_output_have_exactly_one_winner(gcs, bucket
     def run(i):
         start.wait()
         try:
-            outcomes[i] = storage.publish(stages[i], f"gs://{bucket}/run", overwrite=False)
+            outcomes[i] = publish.publish(stages[i], f"gs://{bucket}/run", publish.Identity(f"run{i}", f"fp{i}"), overwrite=False)
         except Exception as exc:  # noqa: BLE001 - the outcome is what we check
             outcomes[i] = exc
 
@@ -296,7 +311,7 @@ def test_race_loser_does_not_overwrite_the_winners_files(gcs, bucket, tmp_path):
     def run(i):
         start.wait()
         with contextlib.suppress(OutputExistsError):
-            storage.publish(stages[i], f"gs://{bucket}/run", overwrite=False)
+            publish.publish(stages[i], f"gs://{bucket}/run", publish.Identity(f"run{i}", f"fp{i}"), overwrite=False)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
@@ -309,39 +324,41 @@ def test_race_loser_does_not_overwrite_the_winners_files(gcs, bucket, tmp_path):
 
 
 def test_injected_412_on_the_manifest_is_another_run_winning(gcs, bucket, proxy, tmp_path):
-    proxy.add("status", statuses=(412,), query="ifGenerationMatch=0", skip=1, first=1)
+    """The commit's compare-and-swap refused (as when a stalled claim holder finds another run
+    committed): this attempt loses, removes its own copies, and publishes nothing."""
+    rule = proxy.add("status", statuses=(412,), body=manifest_upload(), first=1)
     with pytest.raises(OutputExistsError, match=f"another run published to gs://{bucket}/run at the same time"):
-        storage.publish(write_tree(tmp_path / "stage", big=False), f"gs://{bucket}/run", overwrite=False)
+        publish.publish(write_tree(tmp_path / "stage", big=False), f"gs://{bucket}/run", IDENT, overwrite=False)
+    assert rule.fired == 1
     assert not gcs.bucket(bucket).blob("run/manifest.json").exists()
+    assert not [b.name for b in gcs.list_blobs(bucket, prefix="run/") if "/attempts/" in b.name]
 
 
 def test_412_from_our_own_manifest_is_success(gcs, bucket, proxy, tmp_path):
     """The manifest upload reaches the server, but the client hears 412: the manifest there is ours."""
-    proxy.add("after", statuses=(412,), query="ifGenerationMatch=0", skip=1, first=1)
-    stage = write_tree(tmp_path / "stage", big=False)
-    manifest = storage.publish(stage, f"gs://{bucket}/run", overwrite=False)
-    # The first create-only upload is the publish claim; the manifest's is the second.
-    assert [s.status for s in proxy.log if "ifGenerationMatch=0" in s.query][1:] == [412]
-    remote = json.loads(gcs.bucket(bucket).blob("run/manifest.json").download_as_bytes())
-    assert remote == manifest
+    rule = proxy.add("after", statuses=(412,), body=manifest_upload(), first=1)
+    manifest = publish.publish(write_tree(tmp_path / "stage", big=False), f"gs://{bucket}/run", IDENT, overwrite=False)
+    assert rule.fired == 1
+    assert json.loads(gcs.bucket(bucket).blob("run/manifest.json").download_as_bytes()) == manifest
 
 
 def test_lost_answer_then_retry_412_is_success(gcs, bucket, proxy, tmp_path):
     """The realistic path: the answer to the stored manifest is lost, the client's retry gets a real
-    412 from the server (create-only), and that 412 is our own manifest."""
-    proxy.add("lost", query="ifGenerationMatch=0", skip=1, first=1)
-    manifest = storage.publish(write_tree(tmp_path / "stage", big=False), f"gs://{bucket}/run", overwrite=False)
-    attempts = [s for s in proxy.log if "ifGenerationMatch=0" in s.query][1:]  # [0]: the publish claim
-    assert [(s.action, s.status) for s in attempts] == [("lost", None), ("forward", 412)]
+    412 from the server (the precondition no longer holds), and that 412 is our own manifest."""
+    rule = proxy.add("lost", body=manifest_upload(), first=1)
+    manifest = publish.publish(write_tree(tmp_path / "stage", big=False), f"gs://{bucket}/run", IDENT, overwrite=False)
+    assert rule.fired == 1 and rule.matched >= 2  # lost once, then the retry went through to the server
+    assert [(s.action, s.status) for s in proxy.log if s.action == "lost"] == [("lost", None)]
     assert json.loads(gcs.bucket(bucket).blob("run/manifest.json").download_as_bytes()) == manifest
 
 
 def test_manifest_stored_but_retries_exhausted_is_success(gcs, bucket, proxy, monkeypatch, tmp_path):
-    """Every answer to the manifest upload is lost though the first one was stored: one last look
-    finds our manifest, so the run counts as published (exit 0, not 75 then 4 on the rerun)."""
+    """Every answer to the manifest's uploads is lost though each first attempt was stored: one last
+    look finds our manifest, so the run counts as published (exit 0, not 75 then 4 on the rerun)."""
     monkeypatch.setenv("FT_STORAGE_RETRY_SECONDS", "1")
-    proxy.add("after", statuses=(503,), query="ifGenerationMatch=0")
-    manifest = storage.publish(write_tree(tmp_path / "stage", big=False), f"gs://{bucket}/run", overwrite=False)
+    rule = proxy.add("after", statuses=(503,), body=manifest_upload())
+    manifest = publish.publish(write_tree(tmp_path / "stage", big=False), f"gs://{bucket}/run", IDENT, overwrite=False)
+    assert rule.fired >= 2  # the commit and the final rewrite both heard only 503s
     assert json.loads(gcs.bucket(bucket).blob("run/manifest.json").download_as_bytes()) == manifest
 
 
@@ -372,30 +389,31 @@ def test_object_name_escaping_the_prefix_is_refused_before_any_download(gcs, buc
 
 def test_publish_to_a_missing_bucket_is_bad_input(gcs, proxy, tmp_path):
     with pytest.raises(DataError, match="bucket gs://no-such-bucket-here does not exist"):
-        storage.publish(write_tree(tmp_path / "stage", big=False), "gs://no-such-bucket-here/run", overwrite=False)
+        publish.publish(write_tree(tmp_path / "stage", big=False), "gs://no-such-bucket-here/run", IDENT, overwrite=False)
 
 
 def test_overwrite_replaces_a_run_and_removes_its_stale_files(gcs, bucket, proxy, tmp_path):
     proxy.add("status", statuses=TRANSIENT, fraction=0.2)
     old = write_tree(tmp_path / "old", seed=1, big=False)
     (old / "hf_model/old_only.txt").write_text("from the old run")
-    storage.publish(old, f"gs://{bucket}/run", overwrite=False)
+    publish.publish(old, f"gs://{bucket}/run", IDENT, overwrite=False)
     generations = {b.name: b.generation for b in gcs.list_blobs(bucket, prefix="run/")}
     assert "run/hf_model/old_only.txt" in generations
 
     new = write_tree(tmp_path / "new", seed=2, big=False)
     expected = digests(new)
+    other = publish.Identity("other-run", "other-settings")
     with pytest.raises(OutputExistsError, match="already holds a completed run"):
-        storage.publish(new, f"gs://{bucket}/run", overwrite=False)
+        publish.publish(new, f"gs://{bucket}/run", other, overwrite=False)
     assert {b.name: b.generation for b in gcs.list_blobs(bucket, prefix="run/")} == generations
 
-    manifest = storage.publish(new, f"gs://{bucket}/run", overwrite=True)
+    manifest = publish.publish(new, f"gs://{bucket}/run", other, overwrite=True)
     report("overwrite with 20% faults", proxy)
     published = remote_digests(gcs, bucket, "run/")
     assert "hf_model/old_only.txt" not in published
     assert {k: v for k, v in published.items() if k != "manifest.json"} == expected == {
         f["path"]: f["sha256"] for f in manifest["files"]}
-    assert storage.read_manifest(f"gs://{bucket}/run") == manifest
+    assert publish.read_manifest(f"gs://{bucket}/run")[0] == manifest
 
 
 # --------------------------------------------------------------------------------------------
