@@ -7,11 +7,13 @@ that names the file, the row and the fix.
 from __future__ import annotations
 
 import csv
+import decimal
 import gzip
 import hashlib
 import io
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,12 @@ SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validat
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "tsv", ".jsonl": "jsonl",
               ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 _INT = re.compile(r"^[+-]?\d+$")
+# A label string that is a number: 1, 01, +1, 1.0, 1., .5, 1e3 (not hex, not inf/nan: those stay names).
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# C0 control characters refused in texts: all but tab, newline and carriage return (form feed included).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_C0_NAMES = ("NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "BEL", "BS", "HT", "LF", "VT", "FF", "CR", "SO", "SI",
+             "DLE", "DC1", "DC2", "DC3", "DC4", "NAK", "SYN", "ETB", "CAN", "EM", "SUB", "ESC", "FS", "GS", "RS", "US")
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,9 @@ def _read_jsonl(text: str, shown: str) -> pd.DataFrame:
         if not line:
             continue
         try:
-            row = json.loads(line)
+            # strict=False lets raw control characters inside strings through, so that a tab is accepted
+            # as in the other formats and a NUL is refused by _texts with a message naming it.
+            row = json.loads(line, strict=False)
         except json.JSONDecodeError as exc:
             raise DataError(f"{shown} line {number} is not JSON ({exc.msg}); expected one object per line") from None
         if not isinstance(row, dict):
@@ -193,36 +203,204 @@ def _column(frame: pd.DataFrame, name: str, flag: str, shown: str) -> pd.Series:
                     f"set --{flag}{hint}")
 
 
-def _texts(col: pd.Series, flag: str, shown: str, header: bool) -> list[str]:
-    out = []
-    for i, v in enumerate(col.tolist()):
+@dataclass(frozen=True)
+class _Source:
+    """One file being validated, and how its messages number a row the way the user counts it."""
+
+    path: Path
+    shown: str
+    fmt: str
+    header: bool
+
+    def row(self, index: int) -> int:
+        """The number messages give the frame's row `index` (0-based).
+
+        CSV/TSV and JSON Lines: the line of the file the row starts on, as an editor shows it (a CSV
+        header is line 1; blank lines and newlines inside quoted fields count). Parquet: the 1-based row.
+        Only error messages need it, so it reads the file again rather than keeping line numbers.
+        """
+        if self.fmt == "parquet":
+            return index + 1
+        simple = index + (2 if self.header and self.fmt != "jsonl" else 1)
+        try:
+            text = _decode(self.path, self.shown)
+            found = _jsonl_line(text, index) if self.fmt == "jsonl" else _csv_line(text, self.fmt, self.header, index)
+        except (OSError, DataError, csv.Error):
+            found = None
+        return found if found is not None else simple
+
+
+def _jsonl_line(text: str, index: int) -> int | None:
+    """The line number of the `index`-th non-blank line (the rows _read_jsonl keeps)."""
+    seen = -1
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            seen += 1
+            if seen == index:
+                return number
+    return None
+
+
+def _csv_line(text: str, fmt: str, header: bool, index: int) -> int | None:
+    """The line the `index`-th data record starts on, skipping blank lines as pandas does."""
+    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"delimiter": ","}
+    limit = csv.field_size_limit(2**31 - 1)
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), **options)
+        seen = -2 if header else -1
+        start = 1
+        for record in reader:
+            # pandas skips empty and whitespace-only lines (but keeps a quoted "" record).
+            if record and not (len(record) == 1 and record[0] and not record[0].strip(" \t")):
+                seen += 1
+                if seen == index:
+                    return start
+            start = reader.line_num + 1
+    finally:
+        csv.field_size_limit(limit)
+    return None
+
+
+def _first_control(values: list[str]) -> tuple[int, int] | None:
+    """(row index, character index) of the first refused control character, or None.
+
+    One regex search over each joined chunk of rows keeps this at C speed for millions of rows;
+    rows are searched one by one only inside a chunk known to hold a hit.
+    """
+    step = 1 << 15
+    for begin in range(0, len(values), step):
+        chunk = values[begin:begin + step]
+        if _CONTROL.search("".join(chunk)):
+            for i, v in enumerate(chunk):
+                m = _CONTROL.search(v)
+                if m:
+                    return begin + i, m.start()
+    return None
+
+
+def _texts(col: pd.Series, flag: str, src: _Source) -> list[str]:
+    what_column = flag.removesuffix("-column")
+    out = col.tolist()
+    for i, v in enumerate(out):
         if not isinstance(v, str) or not v.strip():
-            row = i + (2 if header else 1)
             what = "missing" if v is None or (isinstance(v, float) and np.isnan(v)) else \
                 ("not text" if not isinstance(v, str) else "empty")
-            raise DataError(f"{shown} row {row}: {what} value in the {flag.removesuffix('-column')} column; "
+            raise DataError(f"{src.shown} row {src.row(i)}: {what} value in the {what_column} column; "
                             "remove or fill such rows")
-        out.append(v)
+    hit = _first_control(out)
+    if hit is not None:
+        i, at = hit
+        code = ord(out[i][at])
+        clean = (r"tr -d '\000-\010\013\014\016-\037' < in > out" if src.fmt in ("csv", "tsv") else
+                 r"re.sub(r'[\x00-\x08\x0b\x0c\x0e-\x1f]', ' ', text)")
+        raise DataError(f"{src.shown} row {src.row(i)}: the {what_column} column holds the control character "
+                        f"U+{code:04X} ({_C0_NAMES[code]}) at character {at + 1}; only tab, newline and "
+                        f"carriage return are allowed: remove such characters from the data (e.g. {clean})")
     return out
 
 
-def _label_strings(col: pd.Series, shown: str, header: bool) -> list[str]:
+class _LabelProblem(ValueError):
+    pass
+
+
+def _number_label(value: decimal.Decimal | float, shown: str) -> str:
+    """An integral number's class name ("1" for 1, 1.0, "01", "1e0"); anything else is refused."""
+    # Whole numbers from 10**18 on are refused: no class id is that large, and arithmetic on
+    # "1e999999999" would overflow the decimal context (adjusted() only reads the exponent).
+    if isinstance(value, (int, float)):
+        finite = math.isfinite(value)
+        huge = finite and abs(value) >= 10**18
+    else:
+        finite = value.is_finite()
+        huge = finite and not value.is_zero() and value.adjusted() >= 18
+    if huge:
+        raise _LabelProblem(f"the label {shown} is too large to be a class id: use class names")
+    integral = finite and (value == int(value) if isinstance(value, (int, float)) else
+                           value == value.to_integral_value())
+    if not integral:
+        raise _LabelProblem(f"the label {shown} is not a whole number; this job trains classifiers (regression "
+                            "is not supported): use integer class ids or non-numeric class names")
+    return str(int(value))
+
+
+def _preview(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _label(v: object) -> str:
+    """One label value as its class name; "" when missing.
+
+    Rule: a label that is a whole number is that integer, however it is spelled or typed, so
+    1, 1.0, "1", "01", "+1" and "1.0" are all class "1" (CSV exports of a column with gaps write 1.0,
+    JSON and Parquet hold ints or floats). This holds even when other labels are names ("pos" and 1):
+    no file means "1" and "1.0" to be two classes, and normalising keeps such data working instead
+    of refusing it. A number that is not whole (0.5) is refused: it is a regression target or a
+    spelling that cannot be a class id. Booleans are the names "true"/"false"; other strings are
+    names as written (stripped). JSON objects and lists are refused (multi-label is not supported).
+    """
+    if v is None or v is pd.NA or v is pd.NaT:
+        return ""
+    if isinstance(v, str):
+        v = v.strip()
+        return _number_label(decimal.Decimal(v), repr(v)) if _NUMBER.fullmatch(v) else v
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v)).lower()
+    if isinstance(v, (int, np.integer)):
+        return _number_label(int(v), str(int(v)))
+    if isinstance(v, (float, np.floating)):
+        return "" if math.isnan(v) else _number_label(float(v), str(v))
+    if isinstance(v, decimal.Decimal):  # Parquet decimal columns
+        return "" if v.is_nan() else _number_label(v, str(v))
+    if isinstance(v, dict):
+        raise _LabelProblem(f"the label is a JSON object ({_preview(v)}); labels must be a class name or id")
+    if isinstance(v, (list, tuple, np.ndarray)):
+        raise _LabelProblem(f"the label is a list ({_preview(v)}); labels must be a class name or id, "
+                            "one per row (multi-label is not supported)")
+    return str(v)
+
+
+def _numeric_labels(col: pd.Series, src: _Source) -> list[str]:
+    """_label for a whole int/float column (JSON Lines, Parquet) with numpy instead of a loop per row."""
+    values = col.to_numpy()
+    if values.dtype.kind == "f":
+        missing = np.isnan(values)
+        if missing.any():
+            raise DataError(f"{src.shown} row {src.row(int(np.argmax(missing)))}: missing label; every row needs one")
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values) | (values != np.floor(values)) | (np.abs(values) >= 1e18)
+    else:
+        bad = (values >= 10**18) | (values <= -10**18)
+    if bad.any():
+        i = int(np.argmax(bad))
+        try:
+            _label(values[i].item())
+        except _LabelProblem as exc:
+            raise DataError(f"{src.shown} row {src.row(i)}: {exc}") from None
+    classes, inverse = np.unique(values.astype(np.int64), return_inverse=True)
+    return np.array([str(c) for c in classes.tolist()], dtype=object)[inverse.reshape(-1)].tolist()
+
+
+def _label_strings(col: pd.Series, src: _Source) -> list[str]:
+    if isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf":
+        return _numeric_labels(col, src)
     out = []
+    cache: dict[str, str] = {}  # CSV columns repeat a few label strings millions of times
     for i, v in enumerate(col.tolist()):
-        if isinstance(v, (bool, np.bool_)):
-            v = str(v).lower()
-        elif isinstance(v, (int, np.integer)):
-            v = str(int(v))
-        elif isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
-            v = str(int(v))
-        elif isinstance(v, str):
-            v = v.strip()
-        else:
-            v = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-        if not v:
-            row = i + (2 if header else 1)
-            raise DataError(f"{shown} row {row}: missing label; every row needs one")
-        out.append(v)
+        try:
+            if type(v) is str:
+                name = cache.get(v)
+                if name is None:
+                    name = cache[v] = _label(v)
+            else:
+                name = _label(v)
+        except _LabelProblem as exc:
+            raise DataError(f"{src.shown} row {src.row(i)}: {exc}") from None
+        if not name:
+            raise DataError(f"{src.shown} row {src.row(i)}: missing label; every row needs one")
+        out.append(name)
     return out
 
 
@@ -236,15 +414,16 @@ class RawSplit:
 def read_split(paths: list[Path], shown: list[str], cfg: DataConfig, labelled: bool = True) -> RawSplit:
     texts, pairs, labels = [], [] if cfg.text_pair_column else None, []
     for path, name in zip(paths, shown):
-        frame = read_table(path, name, file_format(name, cfg.data_format), cfg.header)
+        fmt = file_format(name, cfg.data_format)
+        frame = read_table(path, name, fmt, cfg.header)
         if frame.shape[0] == 0:
             raise DataError(f"{name} has a header but no rows")
-        texts += _texts(_column(frame, cfg.text_column, "text-column", name), "text-column", name, cfg.header)
+        src = _Source(path, name, fmt, cfg.header)
+        texts += _texts(_column(frame, cfg.text_column, "text-column", name), "text-column", src)
         if pairs is not None:
-            pairs += _texts(_column(frame, cfg.text_pair_column, "text-pair-column", name),
-                            "text-pair-column", name, cfg.header)
+            pairs += _texts(_column(frame, cfg.text_pair_column, "text-pair-column", name), "text-pair-column", src)
         if labelled:
-            labels += _label_strings(_column(frame, cfg.label_column, "label-column", name), name, cfg.header)
+            labels += _label_strings(_column(frame, cfg.label_column, "label-column", name), src)
     return RawSplit(texts, pairs, labels)
 
 
@@ -258,8 +437,9 @@ def encode_labels(train: list[str], validation: list[str] | None, num_labels: in
                   ) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
     """Label strings -> ids and the id order's names.
 
-    Integer labels sort numerically, others lexicographically, so the mapping is the same for
-    every run on the same label set (0/1 stays 0/1; -1/1 becomes 0/1 named "-1"/"1"). With an
+    _label has already made every whole-number label its plain integer ("1.0" -> "1"). Integer
+    labels sort numerically, others lexicographically, so the mapping is the same for every run on
+    the same label set (0/1 stays 0/1; -1/1 becomes 0/1 named "-1"/"1"). With an
     explicit --num-labels, integer labels are taken as ids and must lie below it.
     """
     every = set(train) | set(validation or [])

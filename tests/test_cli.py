@@ -62,6 +62,9 @@ def cases(tmp_path, good, tiny_checkpoints):
     no_config = tmp_path / "noconfig"
     no_config.mkdir()
     signed = "https://storage.googleapis.com/b/train.csv?X-Goog-Signature=SECRET123abc&X-Goog-Credential=me"
+    nul_text = write(tmp_path / "nul.csv", "text,label\nfine,0\nbad\x00byte,1\n")
+    half_label = write(tmp_path / "half.csv", "text,label\nx,0\ny,0.5\nz,1\n")
+    object_label = write(tmp_path / "object.jsonl", '{"text": "x", "label": 0}\n{"text": "y", "label": {"a": 1}}\n')
     return [
         ("missing data path", ["--data", str(tmp_path / "nope")], "does not exist", ExitCode.BAD_INPUT),
         ("missing text column", ["--text-column", "sentence"], "has no column 'sentence'", ExitCode.BAD_INPUT),
@@ -94,10 +97,14 @@ def cases(tmp_path, good, tiny_checkpoints):
         ("signed url", ["--data", signed], "does not exist", ExitCode.BAD_INPUT),
         ("unknown option", ["--bogus", "1"], "No such option", ExitCode.USAGE),
         ("not a number", ["--epochs", "many"], "Invalid value for '--epochs'", ExitCode.USAGE),
+        ("nul in text", ["--train", nul_text], "row 3: the text column holds the control character U+0000 (NUL)",
+         ExitCode.BAD_INPUT),
+        ("fractional label", ["--train", half_label], "row 3: the label '0.5' is not a whole number", ExitCode.BAD_INPUT),
+        ("object label", ["--train", object_label], 'row 2: the label is a JSON object ({"a": 1})', ExitCode.BAD_INPUT),
     ]
 
 
-N_CASES = 31
+N_CASES = 34
 
 
 def snapshot(root):

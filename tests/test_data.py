@@ -1,4 +1,5 @@
-"""Data reading, split discovery and label mapping, on files written by each test (no TF needed)."""
+"""Data reading, split discovery and label mapping, on files written by each test (no TF needed in this
+process; one test runs the real CLI in a subprocess)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_job
 
 from job import data
 from job.config import DataConfig
-from job.errors import ConfigError, DataError
+from job.errors import ConfigError, DataError, ExitCode
 
 
 def load(tmp_path, num_labels=None, **kw) -> data.LabelledData:
@@ -190,3 +192,259 @@ def test_labels_are_int32_arrays(tmp_path):
     write(tmp_path / "train.csv", "text,label\nx,0\ny,1\n")
     d = load(tmp_path, train=str(tmp_path / "train.csv"), validation=str(tmp_path / "train.csv"))
     assert d.train.labels.dtype == np.int32
+
+
+# --------------------------------------------------------------------------------------------
+# Label rules: whole numbers are one class however spelled; fractions and objects are refused
+
+def write_parquet(path, frame):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path)
+    return path
+
+
+def write_jsonl(path, rows):
+    return write(path, "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+def load_file(tmp_path, path, num_labels=None, **kw):
+    """Train and validate on the same file, so train.labels holds every row in file order."""
+    return load(tmp_path, num_labels, train=str(path), validation=str(path), **kw)
+
+
+@pytest.mark.parametrize("name,make", [
+    ("train.csv", lambda p: write(p, "text,label\na,1\nb,1.0\nc,01\nd,0\ne,0.0\nf,+1\ng, 1 \n")),
+    ("train.tsv", lambda p: write(p, "text\tlabel\na\t1\nb\t1.0\nc\t01\nd\t0\ne\t0.0\nf\t+1\ng\t1e0\n")),
+    ("train.jsonl", lambda p: write_jsonl(p, [{"text": t, "label": v} for t, v in
+                                              zip("abcdefg", [1, 1.0, "01", 0, "0.0", "1", "1."])])),
+    ("floats.jsonl", lambda p: write_jsonl(p, [{"text": t, "label": v} for t, v in
+                                               zip("abcdefg", [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0])])),
+    ("floats.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
+        {"text": list("abcdefg"), "label": [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]}))),
+    ("ints.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
+        {"text": list("abcdefg"), "label": np.array([1, 1, 1, 0, 0, 1, 1], dtype=np.int8)}))),
+    ("strings.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
+        {"text": list("abcdefg"), "label": ["1", "1.0", "01", "0", "-0", "1", "1.00"]}))),
+])
+def test_whole_number_labels_are_one_class_however_spelled(tmp_path, name, make):
+    d = load_file(tmp_path, make(tmp_path / name))
+    assert d.label_names == ("0", "1")
+    assert d.train.labels.tolist() == [1, 1, 1, 0, 0, 1, 1]
+
+
+def test_whole_number_labels_match_across_formats(tmp_path):
+    import pandas as pd
+
+    write(tmp_path / "d/train.csv", "text,label\na,0\nb,1\nc,2\n")
+    write_parquet(tmp_path / "d/validation/00.parquet", pd.DataFrame({"text": ["x", "y"], "label": [2.0, 1.0]}))
+    write_jsonl(tmp_path / "d/validation/01.jsonl", [{"text": "z", "label": "02"}, {"text": "w", "label": 0.0}])
+    d = load(tmp_path, data=str(tmp_path / "d"))
+    assert d.label_names == ("0", "1", "2")
+    assert d.validation.labels.tolist() == [2, 1, 2, 0]
+
+
+def test_numeric_labels_among_names_are_normalised_not_split(tmp_path):
+    # "pos" makes the labels names, but "1", "1.0" and "01" are still the one class "1".
+    path = write(tmp_path / "train.csv", "text,label\na,pos\nb,1\nc,1.0\nd,01\ne,pos\n")
+    d = load_file(tmp_path, path)
+    assert d.label_names == ("1", "pos")
+    assert d.train.labels.tolist() == [1, 0, 0, 0, 1]
+    jsonl = write_jsonl(tmp_path / "mixed.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": 1},
+                                                   {"text": "c", "label": 1.0}, {"text": "d", "label": "1"}])
+    assert load_file(tmp_path, jsonl).label_names == ("1", "pos")
+
+
+def test_float_spelled_ids_keep_num_labels_semantics(tmp_path):
+    path = write(tmp_path / "train.csv", "text,label\na,0.0\nb,2\nc,02\n")
+    d = load_file(tmp_path, path, num_labels=4)
+    assert d.label_names == ("0", "1", "2", "3") and d.train.labels.tolist() == [0, 2, 2]
+    with pytest.raises(DataError, match="label 5 is outside 0..3"):
+        load_file(tmp_path, write(tmp_path / "five.csv", "text,label\na,0\nb,5.0\n"), num_labels=4)
+
+
+def test_string_names_and_integer_ids_keep_their_order(tmp_path):
+    d = load_file(tmp_path, write(tmp_path / "names.csv", "text,label\na,b\nb,a\nc,B\nd,10\n"))
+    assert d.label_names == ("10", "B", "a", "b")  # names: lexicographic, as before
+    d = load_file(tmp_path, write(tmp_path / "ids.csv", "text,label\na,10\nb,-1\nc,2\nd,2.0\n"))
+    assert d.label_names == ("-1", "2", "10") and d.train.labels.tolist() == [2, 0, 1, 1]
+
+
+def test_boolean_labels_are_names(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": True}, {"text": "b", "label": False}])
+    assert load_file(tmp_path, path).label_names == ("false", "true")
+
+
+def test_non_numeric_lookalikes_stay_names(tmp_path):
+    path = write(tmp_path / "train.csv", "text,label\na,0x1\nb,inf\nc,1_000\nd,v1.0\n")
+    assert load_file(tmp_path, path).label_names == ("0x1", "1_000", "inf", "v1.0")
+
+
+FRACTIONS = [
+    ("train.csv", lambda p: write(p, "text,label\na,0\nb,0.5\nc,1\n"), "row 3: the label '0.5' is not a whole number"),
+    ("train.tsv", lambda p: write(p, "text\tlabel\na\t0\nb\t1\n\nc\t2.25\n"), "row 5: the label '2.25' is not"),
+    ("train.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": 0}, {"text": "b", "label": 0.5}]),
+     "row 2: the label 0.5 is not a whole number"),
+    ("mixed.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"},
+                                              {"text": "c", "label": 2.5}]), "row 3: the label 2.5 is not"),
+    ("train.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
+        {"text": ["a", "b", "c"], "label": [0.0, 1.0, 1.5]})), "row 3: the label 1.5 is not a whole number"),
+    ("inf.jsonl", lambda p: write_jsonl(p, ['{"text": "a", "label": 0}', '{"text": "b", "label": Infinity}']),
+     "row 2: the label inf is not a whole number"),
+    ("huge.csv", lambda p: write(p, "text,label\na,0\nb,1e999999999\n"), "row 3: the label '1e999999999' is too large"),
+]
+
+
+@pytest.mark.parametrize("name,make,message", FRACTIONS, ids=[f[0] for f in FRACTIONS])
+def test_non_whole_number_label_is_refused(tmp_path, name, make, message):
+    path = make(tmp_path / name)
+    with pytest.raises(DataError) as err:
+        load(tmp_path, train=str(path))
+    assert str(err.value).startswith(f"{path} {message}")
+    if "whole number" in message:
+        assert "regression is not supported" in str(err.value) and "class names" in str(err.value)
+
+
+NON_SCALAR = [
+    ("object.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": 0}, {"text": "b", "label": 1},
+                                               {"text": "c", "label": {"a": 1}}]),
+     'row 3: the label is a JSON object ({"a": 1}); labels must be a class name or id'),
+    ("list.jsonl", lambda p: write_jsonl(p, ["", {"text": "a", "label": [0, 1]}, {"text": "b", "label": 1}]),
+     "row 2: the label is a list ([0, 1]); labels must be a class name or id, one per row (multi-label"),
+    ("list.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
+        {"text": ["a", "b"], "label": [[0], [0, 1]]})), "row 1: the label is a list ([0]); labels must be"),
+    ("struct.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
+        {"text": ["a", "b"], "label": [{"k": "x"}, {"k": "y"}]})),
+     'row 1: the label is a JSON object ({"k": "x"}); labels must be a class name or id'),
+]
+
+
+@pytest.mark.parametrize("name,make,message", NON_SCALAR, ids=[n[0] for n in NON_SCALAR])
+def test_non_scalar_label_is_refused(tmp_path, name, make, message):
+    path = make(tmp_path / name)
+    with pytest.raises(DataError) as err:
+        load(tmp_path, train=str(path))
+    assert str(err.value).startswith(f"{path} {message}")
+    assert "\n" not in str(err.value)
+
+
+def test_long_object_label_is_shortened_in_the_message(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": {"k": "x" * 500}}])
+    with pytest.raises(DataError) as err:
+        load(tmp_path, train=str(path))
+    assert len(str(err.value)) < len(str(path)) + 160 and "…" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Control characters in texts
+
+C0_REFUSED = [("\x00", "U+0000 (NUL)"), ("\x01", "U+0001 (SOH)"), ("\x08", "U+0008 (BS)"), ("\x0b", "U+000B (VT)"),
+              ("\x0c", "U+000C (FF)"), ("\x1b", "U+001B (ESC)"), ("\x1f", "U+001F (US)")]
+
+
+@pytest.mark.parametrize("char,named", C0_REFUSED, ids=[c[1] for c in C0_REFUSED])
+def test_control_characters_in_texts_are_refused(tmp_path, char, named):
+    path = write(tmp_path / "train.csv", f"text,label\nfine,0\nbad{char}text,1\nok,0\n")
+    with pytest.raises(DataError) as err:
+        load(tmp_path, train=str(path))
+    assert str(err.value).startswith(f"{path} row 3: the text column holds the control character {named} "
+                                     "at character 4; only tab, newline and carriage return are allowed")
+    assert "tr -d" in str(err.value)  # how to clean a CSV
+
+
+CONTROL_FILES = [
+    ("train.tsv", lambda p: write(p, "text\tlabel\na\t0\n\nb\x00\t1\n"), {}, "row 4: the text column holds", "U+0000"),
+    ("escaped.jsonl", lambda p: write(p, '{"text": "a", "label": 0}\n\n{"text": "b\\u0000", "label": 1}\n'), {},
+     "row 3: the text column holds", "U+0000"),
+    ("raw.jsonl", lambda p: write(p, '{"text": "a", "label": 0}\n{"text": "b\x07", "label": 1}\n'), {},
+     "row 2: the text column holds", "U+0007 (BEL)"),
+    ("train.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
+        {"text": ["a", "b", "c\x00"], "label": [0, 1, 0]})), {}, "row 3: the text column holds", "U+0000"),
+    ("pair.csv", lambda p: write(p, "premise,hypothesis,label\na,b,0\nc,d\x02,1\n"),
+     {"text_column": "premise", "text_pair_column": "hypothesis"}, "row 3: the text-pair column holds", "U+0002 (STX)"),
+    ("pair.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
+        {"p": ["a", "b"], "h": ["\x0cx", "y"], "label": [0, 1]})),
+     {"text_column": "p", "text_pair_column": "h"}, "row 1: the text-pair column holds", "U+000C (FF)"),
+]
+
+
+@pytest.mark.parametrize("name,make,kw,message,char", CONTROL_FILES, ids=[c[0] for c in CONTROL_FILES])
+def test_control_characters_refused_in_every_format_and_column(tmp_path, name, make, kw, message, char):
+    path = make(tmp_path / name)
+    with pytest.raises(DataError) as err:
+        load(tmp_path, train=str(path), **kw)
+    assert str(err.value).startswith(f"{path} {message} the control character {char}")
+    assert "\n" not in str(err.value) and "\x00" not in str(err.value)
+
+
+def test_tab_newline_and_carriage_return_are_kept(tmp_path):
+    import pandas as pd
+
+    csv_path = write(tmp_path / "train.csv", 'text,label\n"a\tb\nc\r\nd",0\nplain,1\n')
+    assert load_file(tmp_path, csv_path).train.texts[0] == "a\tb\nc\r\nd"
+    # A raw tab inside a JSON string is accepted, like in the other formats; escapes work too.
+    jsonl = write(tmp_path / "train.jsonl", '{"text": "a\tb", "label": 0}\n{"text": "c\\nd\\re\\t", "label": 1}\n')
+    assert load_file(tmp_path, jsonl).train.texts == ("a\tb", "c\nd\re\t")
+    pq_path = write_parquet(tmp_path / "train.parquet", pd.DataFrame({"text": ["x\ty\nz\r", "w"], "label": [0, 1]}))
+    assert load_file(tmp_path, pq_path).train.texts == ("x\ty\nz\r", "w")
+
+
+def test_control_character_found_past_the_first_chunk(tmp_path):
+    rows = [f"row {i}" for i in range(100_000)]
+    assert data._first_control(rows) is None
+    rows[70_001] = "row\x1e 70001"
+    assert data._first_control(rows) == (70_001, 3)
+    path = write(tmp_path / "big.csv", "text,label\n" + "".join(f"{t},{i % 2}\n" for i, t in enumerate(rows)))
+    with pytest.raises(DataError, match=r"big\.csv row 70003: the text column holds the control character U\+001E"):
+        load(tmp_path, train=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Row numbers: the line of the file for CSV/TSV/JSON Lines (a header is line 1), the 1-based row for Parquet
+
+ROW_NUMBERS = [
+    ("csv", "train.csv", lambda p: write(p, "text,label\na,0\nb,1\nc,\n"), {}, "row 4: missing label"),
+    ("csv blank line and quoted newline", "train.csv",
+     lambda p: write(p, 'text,label\na,0\nb,1\n\n"multi\nline",0\nc,\n'), {}, "row 7: missing label"),
+    ("csv crlf", "train.csv", lambda p: write(p, "text,label\r\na,0\r\n\r\n  ,1\r\n"), {},
+     "row 4: empty value in the text column"),
+    ("csv no header", "train.csv", lambda p: write(p, "a,0\nb,1\n,0\n"),
+     {"header": False, "text_column": "0", "label_column": "1"}, "row 3: empty value in the text column"),
+    ("tsv", "train.tsv", lambda p: write(p, 'text\tlabel\n"a\t0\n\nb\t\n'), {}, "row 4: missing label"),
+    ("tsv no header", "train.txt", lambda p: write(p, "a\t0\n \t1\n"),
+     {"header": False, "text_column": "0", "label_column": "1"}, "row 2: empty value in the text column"),
+    ("jsonl", "train.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": 0}, {"text": "b", "label": 1},
+                                                       {"text": "c"}]), {}, "row 3: missing label"),
+    ("jsonl first line", "train.jsonl", lambda p: write_jsonl(p, [{"text": "", "label": 0}, {"text": "b", "label": 1}]),
+     {}, "row 1: empty value in the text column"),
+    ("jsonl blank lines", "train.jsonl",
+     lambda p: write(p, '\n{"text": "a", "label": "x"}\n\n\n{"text": 5, "label": "y"}\n'), {},
+     "row 5: not text value in the text column"),
+    ("parquet", "train.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
+        {"text": ["a", "b", ""], "label": [0, 1, 0]})), {}, "row 3: empty value in the text column"),
+    ("parquet missing label", "train.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
+        {"text": ["a", "b", "c"], "label": [0.0, None, 1.0]})), {}, "row 2: missing label"),
+    ("parquet missing string label", "train.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
+        {"text": ["a", "b"], "label": ["x", None]})), {}, "row 2: missing label"),
+]
+
+
+@pytest.mark.parametrize("case,name,make,kw,message", ROW_NUMBERS, ids=[r[0] for r in ROW_NUMBERS])
+def test_row_numbers_are_the_ones_the_user_sees(tmp_path, case, name, make, kw, message):
+    path = make(tmp_path / name)
+    with pytest.raises(DataError) as err:
+        load(tmp_path, train=str(path), **kw)
+    assert str(err.value).startswith(f"{path} {message}"), case
+
+
+def test_bad_data_through_the_real_cli(tmp_path):
+    """The real process: exit code 3, one `error:` line naming file, row and character, nothing written."""
+    path = write(tmp_path / "data/train.csv", "text,label\nfine,0\nbad\x00byte,1\nok,0\n")
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")}
+    proc = run_job(["train", "--train", str(path), "--model", str(tmp_path / "model"),
+                    "--output", str(tmp_path / "out")])
+    assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error:")] == [lines[-1]]
+    assert lines[-1].startswith(f"error: {path} row 3: the text column holds the control character U+0000 (NUL)")
+    assert not (tmp_path / "out").exists()
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")} == before
