@@ -14,9 +14,15 @@ import os
 # transformers' TF models need Keras 2 (tf-keras); set before TensorFlow is imported anywhere.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The job is TensorFlow only and must never import torch: with a torch installed beside TF (a CUDA
+# build pulls in triton), transformers and datasets import it into the TF process, which segfaults.
+# Set, not defaulted: read once when transformers/datasets are first imported.
+os.environ["USE_TORCH"] = "0"
+os.environ["USE_TF"] = "1"
 
 import json
 import logging
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
@@ -47,7 +53,9 @@ def main(
     from job.logs import setup_logging
 
     try:
-        setup_logging(log_format, log_level)
+        # Run as a program (not imported by a test): also take over what TensorFlow and other
+        # libraries print; in json format this forks a forwarding parent (see job/logs.py).
+        setup_logging(log_format, log_level, own_process=__name__ == "__main__")
     except JobError as exc:
         typer.echo(f"error: {exc} (--log-format/--log-level)", err=True)
         raise typer.Exit(int(ExitCode.USAGE)) from None
@@ -229,6 +237,17 @@ def _exit_with(step) -> None:
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
         raise typer.Exit(int(ExitCode.RETRY)) from None
+    except OSError as exc:
+        from job.errors import from_os_error
+
+        typed = from_os_error(exc)
+        if typed is None:
+            log.exception("internal error")
+            typer.echo(f"error: internal error ({type(exc).__name__}: {redact(str(exc))}); please report it", err=True)
+            raise typer.Exit(int(ExitCode.INTERNAL)) from None
+        log.error("%s", typed)
+        typer.echo(f"error: {redact(str(typed))}", err=True)
+        raise typer.Exit(int(typed.exit_code)) from None
     except Exception as exc:  # a bug: keep the traceback in the log, but still one clear last line
         log.exception("internal error")
         typer.echo(f"error: internal error ({type(exc).__name__}: {redact(str(exc))}); please report it", err=True)
@@ -236,4 +255,14 @@ def _exit_with(step) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        if done.code not in (0, None):
+            # A failed run ends with its `error:` line: skip the interpreter's teardown, where
+            # TensorFlow and its threads would print warnings after it.
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            logging.shutdown()
+            os._exit(done.code if isinstance(done.code, int) else 1)
+        raise

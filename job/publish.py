@@ -72,7 +72,7 @@ IGNORED_LOCAL = ("lost+found/",)
 # slack for clock skew between machines) belonged to a run that died and may be taken over. Short,
 # so that a crashed publisher delays a retry by seconds, not an hour.
 DEFAULT_LEASE_SECONDS = 60.0
-CLOCK_SKEW_SECONDS = 5.0
+CLOCK_SKEW_SECONDS = 5.0  # at most; never more than half the lease
 # How long a publisher waits for another live run's claim before giving up with "retry later".
 DEFAULT_WAIT_SECONDS = 900.0
 
@@ -196,8 +196,9 @@ def _bring(uri: str, manifest: dict, dest: Path) -> str:
         dest.mkdir(parents=True, exist_ok=True)
         if storage.is_gcs(uri):
             bucket_name, prefix = storage.split_gcs(uri)
+            # No listed size: the sha256 check below is the judge (and names the file).
             files = [storage.RemoteFile(f"gs://{bucket_name}/{storage._gcs_key(prefix, _object(f))}", f["path"],
-                                        f.get("size")) for f in entries]
+                                        None) for f in entries]
             try:
                 storage.fetch(files, uri, dest)
             except DataError as exc:  # an object went missing: maybe the run was being replaced
@@ -362,7 +363,7 @@ class _Claim:
                 if held.get("fingerprint") == self.identity.fingerprint:
                     log.info("taking over the publish claim on %s of an earlier attempt of this run (%s)",
                              self.output_uri, held.get("attempt"))
-                elif age > lease + CLOCK_SKEW_SECONDS:
+                elif age > lease + min(CLOCK_SKEW_SECONDS, lease / 2):
                     log.warning("taking over a publish claim on %s not renewed for %.0f s (run %s died)",
                                 self.output_uri, age, held.get("run_id"))
                 else:
@@ -447,40 +448,48 @@ def publish(staging: Path, output_uri: str, identity: Identity, overwrite: bool,
         raise DataError(f"bucket gs://{output_uri.split('/')[2]} does not exist: create it or fix --output")
     with _Claim(output_uri, identity, attempt) as claim:
         hook("claim")
-        old, token = read_manifest(output_uri)
-        if old is not None and not overwrite:
-            if old.get("settings_fingerprint") != identity.fingerprint:
-                raise OutputExistsError(f"{output_uri} already holds a completed run (run {old.get('run_id')}): "
-                                        "pass --overwrite or choose another --output")
-            log.info("%s already holds this run (attempt %s); finishing it", output_uri, old.get("attempt"))
-            return _settle(output_uri, old, token, claim, hook)
-        _refuse_foreign(output_uri, old)
-        _remove_debris(output_uri, old)
-        hook("check")
+        manifest = _publish_claimed(staging, output_uri, identity, overwrite, finalize, hook, attempt, claim)
+    hook("release")
+    return manifest
 
-        t0 = time.perf_counter()
-        names = [p.relative_to(staging).as_posix() for p in sorted(staging.rglob("*")) if p.is_file()]
-        where = storage.join(output_uri, ATTEMPTS, attempt)
-        tmp = None if storage.is_gcs(output_uri) else Path(output_uri).expanduser() / TMP
-        storage.put_files(staging, names, where, tmp_dir=tmp)
-        if finalize:
-            storage.put_files(staging, finalize(time.perf_counter() - t0), where, tmp_dir=tmp)
-        hook("upload")
 
-        manifest = build_manifest(staging, identity, attempt)
-        manifest["retired"] = sorted(_named(old) - {f["path"] for f in manifest["files"]})
-        claim.confirm()
-        try:
-            token = storage.write_object(storage.join(output_uri, MANIFEST), _encode(manifest), if_token=token,
-                                         tmp_dir=tmp)
-        except storage.PreconditionFailed:
-            # Only a stalled claim holder gets here: another attempt committed meanwhile.
-            _delete(output_uri, [f"{ATTEMPTS}/{attempt}/{n}" for n in names])
-            raise OutputExistsError(f"another run published to {output_uri} at the same time; "
-                                    "choose another --output") from None
-        log.info("committed %d files to %s (manifest written)", len(names), output_uri)
-        hook("commit")
-        return _settle(output_uri, manifest, token, claim, hook)
+def _publish_claimed(staging: Path, output_uri: str, identity: Identity, overwrite: bool, finalize, hook: Hook,
+                     attempt: str, claim: "_Claim") -> dict:
+    """Steps check -> clean, under the claim (see publish)."""
+    old, token = read_manifest(output_uri)
+    if old is not None and not overwrite:
+        if old.get("settings_fingerprint") != identity.fingerprint:
+            raise OutputExistsError(f"{output_uri} already holds a completed run (run {old.get('run_id')}): "
+                                    "pass --overwrite or choose another --output")
+        log.info("%s already holds this run (attempt %s); finishing it", output_uri, old.get("attempt"))
+        return _settle(output_uri, old, token, claim, hook)
+    _refuse_foreign(output_uri, old)
+    _remove_debris(output_uri, old)
+    hook("check")
+
+    t0 = time.perf_counter()
+    names = [p.relative_to(staging).as_posix() for p in sorted(staging.rglob("*")) if p.is_file()]
+    where = storage.join(output_uri, ATTEMPTS, attempt)
+    tmp = None if storage.is_gcs(output_uri) else Path(output_uri).expanduser() / TMP
+    storage.put_files(staging, names, where, tmp_dir=tmp)
+    if finalize:
+        storage.put_files(staging, finalize(time.perf_counter() - t0), where, tmp_dir=tmp)
+    hook("upload")
+
+    manifest = build_manifest(staging, identity, attempt)
+    manifest["retired"] = sorted(_named(old) - {f["path"] for f in manifest["files"]})
+    claim.confirm()
+    try:
+        token = storage.write_object(storage.join(output_uri, MANIFEST), _encode(manifest), if_token=token,
+                                     tmp_dir=tmp)
+    except storage.PreconditionFailed:
+        # Only a stalled claim holder gets here: another attempt committed meanwhile.
+        _delete(output_uri, [f"{ATTEMPTS}/{attempt}/{n}" for n in names])
+        raise OutputExistsError(f"another run published to {output_uri} at the same time; "
+                                "choose another --output") from None
+    log.info("committed %d files to %s (manifest written)", len(names), output_uri)
+    hook("commit")
+    return _settle(output_uri, manifest, token, claim, hook)
 
 
 def complete(output_uri: str, identity: Identity, hook: Hook | None = None) -> dict | None:
@@ -490,7 +499,7 @@ def complete(output_uri: str, identity: Identity, hook: Hook | None = None) -> d
     manifest, _ = read_manifest(output_uri)
     if manifest is None or manifest.get("settings_fingerprint") != identity.fingerprint:
         return None
-    if not _unfinished(manifest):
+    if not _unfinished(manifest) and not _debris(output_uri, manifest):
         return manifest  # the common case needs no claim (and every worker of a cluster may ask)
     with _Claim(output_uri, identity, _attempt_id()) as claim:
         hook("claim")
@@ -547,7 +556,7 @@ def _settle(output_uri: str, manifest: dict, token: storage.Token, claim: _Claim
         storage.write_object(storage.join(output_uri, MANIFEST), _encode(final), if_token=token, tmp_dir=tmp)
         manifest = final
     hook("finalize")
-    _delete(output_uri, [f["object"] for f in pending])
+    _remove_debris(output_uri, manifest)  # this attempt's copies, and any a crashed one left
     _prune_local(output_uri)
     hook("clean")
     return manifest
@@ -556,12 +565,16 @@ def _settle(output_uri: str, manifest: dict, token: storage.Token, claim: _Claim
 def _remove_debris(output_uri: str, current: dict | None) -> None:
     """Files of attempts that died before committing (and stray temp files): ours, and named by no
     manifest. Only the claim holder calls this, so no live attempt's files are among them."""
-    keep = _named(current)
-    debris = [n for n in storage.list_all(output_uri)
-              if n.startswith((ATTEMPTS + "/", TMP + "/")) and n not in keep and not n.endswith("/")]
+    debris = _debris(output_uri, current)
     if debris:
         log.info("removing %d file(s) left by earlier attempts that did not finish publishing", len(debris))
         _delete(output_uri, debris)
+
+
+def _debris(output_uri: str, current: dict | None) -> list[str]:
+    keep = _named(current)
+    return [n for n in storage.list_all(output_uri)
+            if n.startswith((ATTEMPTS + "/", TMP + "/")) and n not in keep and not n.endswith("/")]
 
 
 def _delete(output_uri: str, names: list[str]) -> None:

@@ -388,20 +388,34 @@ def read_object(uri: str) -> tuple[bytes | None, Token]:
     content can never be paired with an old generation; the bytes are checked like every download."""
     if is_gcs(uri):
         bucket_name, key = split_gcs(uri)
+        import google_crc32c
         from google.api_core import exceptions as gexc
 
+        problem = ""
         with gcs_errors(f"reading {uri}"):
-            for attempt in range(3):
+            for attempt in range(DOWNLOAD_ATTEMPTS + 2):
+                if attempt:
+                    _pause(attempt)
+                # Metadata, then the bytes: when the object is replaced in between (a renewed claim,
+                # a manifest switched by an overwrite), size or CRC32C disagree - look again.
                 blob = gcs_client().bucket(bucket_name).get_blob(key, retry=retry_policy())
                 if blob is None:
                     return None, 0
                 try:
-                    # A blob from get_blob downloads exactly its generation: bytes and token agree.
-                    return _download_bytes(blob, f"reading {uri}"), int(blob.generation)
+                    data = blob.download_as_bytes(retry=retry_policy(), checksum="auto")
                 except gexc.NotFound:
-                    if attempt == 2:  # replaced between the two calls, three times over
+                    problem = "it was replaced while being read"
+                    continue
+                except Exception as exc:
+                    if not _is_corruption(exc):
                         raise
-        raise AssertionError("unreachable")
+                    problem = "its bytes failed the client's checksum"
+                    continue
+                crc = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+                if len(data) == blob.size and (not blob.crc32c or crc == blob.crc32c):
+                    return data, int(blob.generation)
+                problem = "its bytes do not match the object's size and CRC32C"
+        raise TransientError(f"reading {uri}: {problem}, {DOWNLOAD_ATTEMPTS + 2} times; retry later")
     path = Path(uri).expanduser()
     try:
         data = path.read_bytes()

@@ -30,6 +30,10 @@ def local_run(tiny_checkpoints, toy_data, tmp_path_factory):
 def test_local_run_publishes_the_documented_layout(local_run):
     out, _ = local_run
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    # The job's bookkeeping folder keeps only the (empty) publish lock once the run is published:
+    # no checkpoints, attempt copies or temp files are left behind.
+    assert {n for n in names if n.startswith(".finetune-job/")} == {".finetune-job/lock"}
+    names = {n for n in names if not n.startswith(".finetune-job/")}
     assert {"manifest.json", "metrics.json", "saved_model/saved_model.pb", "hf_model/config.json",
             "hf_model/tf_model.h5", "hf_model/tokenizer.json"} <= names
     manifest = json.loads((out / "manifest.json").read_text())
