@@ -72,7 +72,8 @@ def from_os_error(exc: OSError) -> EnvironmentIOError | None:
     names = {getattr(errno, n) for n in ENVIRONMENT_ERRNOS if hasattr(errno, n)}
     if exc.errno not in names:
         return None
-    where = exc.filename or "a local file"
+    # A copy (shutil) or a rename names the destination second: that is where the disk failed.
+    where = getattr(exc, "filename2", None) or exc.filename or "a local file"
     fix = {errno.ENOSPC: "free space there or point --work-dir / --output at a bigger disk",
            errno.EROFS: "mount it writable or choose another folder",
            errno.EACCES: "fix its permissions or choose another folder",

@@ -240,7 +240,7 @@ def check_output(output_uri: str, identity: Identity, overwrite: bool) -> dict |
 
 
 def _probe_writable(output_uri: str) -> None:
-    """One small write and its removal, so that a read-only or missing destination fails now."""
+    """gs://: one small write and its removal, so that a missing bucket or a missing permission fails now."""
     probe = f"{BOOKKEEPING}/probe-{uuid.uuid4().hex[:12]}"
     if storage.is_gcs(output_uri):
         if not storage.bucket_exists(output_uri):
@@ -248,27 +248,17 @@ def _probe_writable(output_uri: str) -> None:
         storage.write_object(storage.join(output_uri, probe), b"{}", if_token=0)
         storage.delete_object(storage.join(output_uri, probe))
         return
+    # Local: ask the kernel (access(2) reports a read-only mount to root too) instead of writing,
+    # so that an output holding a run is left exactly as it was, timestamps included.
     out = Path(output_uri).expanduser()
     if out.exists() and not out.is_dir():
         raise BadInputError(f"--output {output_uri} exists and is not a folder: choose a folder")
-    if out.is_dir():
-        made = not (out / BOOKKEEPING).exists()
-        try:
-            (out / BOOKKEEPING).mkdir(exist_ok=True)
-            (out / probe).write_bytes(b"")
-            (out / probe).unlink()
-            if made:
-                (out / BOOKKEEPING).rmdir()
-        except OSError as exc:
-            raise BadInputError(f"--output {output_uri} is not writable ({exc.strerror}): fix its permissions "
-                                "or choose another folder") from None
-        return
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise BadInputError(f"--output {output_uri} cannot be created: {parent} is not writable; create the "
-                            "output folder first or choose another one")
+    where = out
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
+        what = "is not writable" if where == out else f"cannot be created: {where} is not writable"
+        raise BadInputError(f"--output {output_uri} {what}; fix its permissions or mount, or choose another folder")
 
 
 def _foreign(output_uri: str, manifest: dict | None) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import sys
 import textwrap
@@ -90,8 +91,8 @@ def test_second_run_to_same_output_is_refused_and_changes_nothing(local_run, tin
     proc = run_job(["train", "--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]),
                     "--output", str(out), *FAST, "--epochs", "1"])
     assert proc.returncode == ExitCode.OUTPUT_EXISTS
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: {out} already holds a completed run: pass --overwrite or choose another --output")
+    assert re.fullmatch(rf"error: {re.escape(str(out))} already holds a completed run \(run [\w.-]+\): "
+                        "pass --overwrite or choose another --output", proc.stderr.strip().splitlines()[-1])
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*")}
 
 

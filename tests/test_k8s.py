@@ -272,7 +272,7 @@ def check_settings(env: dict[str, str], args: list[str], run_id: str, monkeypatc
     assert root.startswith("gs://") and cfg.output.output_root == root
     assert cfg.output.run_id == run_id
     assert cfg.output.output == root.rstrip("/") + "/runs/" + run_id
-    assert cfg.output.checkpoints == cfg.output.output + ".checkpoints"
+    assert cfg.output.checkpoints == cfg.output.output + "/.finetune-job/checkpoints"
     assert cfg.data.data or cfg.data.train
     assert cfg.model.model
     return cfg

@@ -331,3 +331,98 @@ def test_a_stalled_claim_holders_rivals_time_out_with_retry_later(gcs, tmp_path,
         release.set()
         holder.join(30)
     assert visible(f"gs://{bucket}/run", tmp_path / "read") == digests(tmp_path / "a")
+
+
+# --------------------------------------------------------------------------------------------
+# Through the CLI: refused in the first seconds (P5), odd local outputs (P7), a full disk
+
+def _tree(root: Path) -> dict[str, tuple[int, str]]:
+    return {p.relative_to(root).as_posix(): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["data inside output", "output inside data", "checkpoint dir inside output",
+                                  "work dir inside output", "report dir inside output", "output not writable"])
+def test_overlapping_or_unwritable_places_are_refused_before_training(case, tmp_path, tiny_checkpoints, toy_data):
+    from conftest import FAST, run_job
+
+    out = tmp_path / "out"
+    data = toy_data
+    extra: list[str] = []
+    if case == "data inside output":
+        (out / "data").mkdir(parents=True)
+        for f in toy_data.iterdir():
+            (out / "data" / f.name).write_bytes(f.read_bytes())
+        data = out / "data"
+    elif case == "output inside data":
+        data = tmp_path / "data"
+        data.mkdir()
+        for f in toy_data.iterdir():
+            (data / f.name).write_bytes(f.read_bytes())
+        out = data / "runs" / "r1"
+    elif case == "checkpoint dir inside output":
+        extra = ["--checkpoint-dir", str(out / "ckpt")]
+    elif case == "work dir inside output":
+        extra = ["--work-dir", str(out / "scratch")]
+    elif case == "report dir inside output":
+        extra = ["--report-dir", str(out / "report-copy")]
+    before = _tree(tmp_path)
+    args = ["train", "--data", str(data), "--model", str(tiny_checkpoints["tf"]), "--output", str(out), *FAST,
+            *extra]
+    if case == "output not writable":
+        # A read-only mount (root ignores permission bits, not a read-only filesystem): the parent of
+        # the output is bind-mounted read-only in a private mount namespace.
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        before = _tree(tmp_path)
+        full = ["unshare", "-rm", "sh", "-c", f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && exec "
+                f"{sys.executable} {HERE.parent / 'entrypoint.py'} train --data {data} --model "
+                f"{tiny_checkpoints['tf']} --output {ro / 'out'} --epochs 1"]
+        t0 = time.monotonic()
+        proc = subprocess.run(full, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    else:
+        t0 = time.monotonic()
+        proc = run_job(args)
+    seconds = time.monotonic() - t0
+    lines = proc.stderr.strip().splitlines()
+    print(f"\n[{case}] exit {proc.returncode} after {seconds:.1f} s: {lines[-1] if lines else ''}")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error: ") for line in lines) == 1
+    assert "steps/epoch" not in proc.stderr and seconds < 60  # refused before any data or model was loaded
+    assert _tree(tmp_path) == before  # nothing written, nothing touched
+
+
+def test_a_mount_point_output_with_a_read_only_parent_publishes(tmp_path, tiny_checkpoints, toy_data):
+    """The `make docker-run` layout: -v DIR:/mnt/local on a read-only root. The output folder is a
+    mount point (it cannot be renamed) and nothing can be written beside it."""
+    parent, real = tmp_path / "parent", tmp_path / "real"
+    (parent / "out").mkdir(parents=True)
+    real.mkdir()
+    script = (f"mount --bind {parent} {parent} && mount -o remount,bind,ro {parent} && "
+              f"mount --bind {real} {parent / 'out'} && exec {sys.executable} {HERE.parent / 'entrypoint.py'} "
+              f"train --data {toy_data} --model {tiny_checkpoints['tf']} --output {parent / 'out'} "
+              "--epochs 1 --per-replica-batch-size 16 --max-length 32")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest, folder = publish.open_run(str(real), tmp_path / "read")
+    assert {"saved_model/saved_model.pb", "hf_model/config.json", "metrics.json"} <= {f["path"] for f in manifest["files"]}
+    assert [p.name for p in parent.iterdir()] == ["out"]  # nothing beside it
+
+
+def test_a_full_disk_at_the_output_is_exit_74_with_one_line_and_no_run(tmp_path, tiny_checkpoints, toy_data):
+    small = tmp_path / "small"
+    small.mkdir()
+    script = (f"mount -t tmpfs -o size=256k tmpfs {small} && exec {sys.executable} {HERE.parent / 'entrypoint.py'} "
+              f"train --data {toy_data} --model {tiny_checkpoints['tf']} --output {small / 'out'} "
+              "--epochs 1 --per-replica-batch-size 16 --max-length 32; ")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script + f"code=$?; ls -A {small}/out >&2 || true; "
+                                                                  "exit $code"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    lines = proc.stderr.strip().splitlines()
+    err = [line for line in lines if line.startswith("error: ")]
+    print(f"\n[full disk] exit {proc.returncode}: {err}")
+    assert proc.returncode == 74, proc.stderr[-3000:]
+    assert len(err) == 1 and "No space left on device" in err[0] and str(small) in err[0]
+    assert "manifest.json" not in lines  # `ls -A` of the output after the run: no run was published
