@@ -35,7 +35,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 def model_card(metrics: dict, run_uri: str | None = None, plots: Sequence[str] = ()) -> str:
     """The card as Markdown. `run_uri` (where the run was published) goes into the loading snippet;
-    `plots` are PNG paths relative to the card (from job.plots) to embed."""
+    `plots` are PNG paths relative to the card (from job.plots) to embed. Signed-URL signatures and
+    tokens in any URI it quotes are redacted, as in the logs and metrics.json: the card is published."""
+    from job.logs import redact
+
+    return redact(_card(metrics, run_uri, plots))
+
+
+def _card(metrics: dict, run_uri: str | None, plots: Sequence[str]) -> str:
     cfg = metrics.get("config", {})
     base = cfg.get("model", {}).get("model", "unknown")
     train_cfg = cfg.get("train", {})

@@ -40,3 +40,14 @@ def test_local_run_is_loaded_in_place_and_odd_label_names_keep_tables_intact():
     card = modelcard.model_card(m, run_uri="/runs/r1")
     assert 'tf.saved_model.load("/runs/r1/saved_model")' in card and "gcloud" not in card
     assert "| a\\|b |" in card
+
+
+def test_card_redacts_secrets_in_the_uris_it_quotes():
+    m = sample_metrics()
+    signed = ("https://storage.googleapis.com/in/train.csv?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+              "&X-Goog-Signature=deadbeefcafe1234&X-Goog-Credential=sa%40p.iam")
+    m["data"]["sources"] = {"train": [signed], "validation": ["https://h/v.csv?token=s3cr3t-t0ken"]}
+    m["config"]["model"]["model"] = "https://h/model?access_token=ya29.abcdef"
+    card = modelcard.model_card(m, run_uri="gs://out/runs/r7/")
+    assert "deadbeefcafe1234" not in card and "s3cr3t-t0ken" not in card and "ya29.abcdef" not in card
+    assert card.count("REDACTED") >= 3 and "storage.googleapis.com/in/train.csv" in card
