@@ -89,7 +89,7 @@ def train(
     precision: Annotated[str, _opt("FT_PRECISION", "auto (bf16 on GPUs of compute capability 8.0+, fp16 with loss scaling on 7.x, else fp32; fp32 on CPU), fp32, bf16 or fp16; head, logits and loss stay float32.", TRAIN)] = TrainConfig.precision,
     jit_compile: Annotated[str, _opt("FT_JIT_COMPILE", "XLA-compile the train step: auto (on with GPUs), on or off.", TRAIN)] = TrainConfig.jit_compile,
     steps_per_execution: Annotated[int, _opt("FT_STEPS_PER_EXECUTION", "Optimizer steps per call into the compiled step (callbacks run every N steps).", TRAIN)] = TrainConfig.steps_per_execution,
-    checkpoint_dir: Annotated[str, _opt("FT_CHECKPOINT_DIR", "Where training state is kept for resuming (default: OUTPUT.checkpoints).", OUT)] = "",
+    checkpoint_dir: Annotated[str, _opt("FT_CHECKPOINT_DIR", "Where training state is kept for resuming (default: OUTPUT/.finetune-job/checkpoints).", OUT)] = "",
     output_root: Annotated[str, _opt("FT_OUTPUT_ROOT", "Retraining root: the run goes to ROOT/runs/RUN_ID, the champion pointer is ROOT/champion.json.", OUT)] = "",
     run_id: Annotated[str, _opt("FT_RUN_ID", "Name of the run (default: UTC time + random suffix); keep it across retries.", OUT)] = "",
     promote_if_better: Annotated[str, _opt("FT_PROMOTE_IF_BETTER", "METRIC[:MIN_DELTA] (accuracy, macro_f1, loss): become the champion only if better.", OUT)] = "",
