@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from job import storage
+from job import logs, storage
 from job.config import ModelConfig
 from job.errors import ConfigError, ModelError, TransientError
 
@@ -98,11 +98,14 @@ def load_classifier(path: Path, kind: str, label_names: tuple[str, ...]):
     config = AutoConfig.from_pretrained(str(path), num_labels=len(label_names), id2label=id2label,
                                         label2id={n: i for i, n in id2label.items()})
     try:
-        if kind == "tf":
-            model, info = TFAutoModelForSequenceClassification.from_pretrained(
-                str(path), config=config, ignore_mismatched_sizes=True, output_loading_info=True)
-        else:
-            model, info = _from_pt_safetensors(path, config)
+        # transformers' loading notices ("Some weights ... were not used / newly initialized", the TF
+        # deprecation) are expected for a new head: DEBUG only; _log_loading says it in one line.
+        with logs.demoted(_LOADING_LOGGERS, _LOADING_NOTICES):
+            if kind == "tf":
+                model, info = TFAutoModelForSequenceClassification.from_pretrained(
+                    str(path), config=config, ignore_mismatched_sizes=True, output_loading_info=True)
+            else:
+                model, info = _from_pt_safetensors(path, config)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise ModelError(f"{path}: this architecture ({config.model_type}) has no TensorFlow "
@@ -119,7 +122,32 @@ def load_classifier(path: Path, kind: str, label_names: tuple[str, ...]):
     if missing:
         raise ModelError(f"{path}: {len(missing)} backbone weights missing from the checkpoint "
                          f"(e.g. {missing[0]}); it does not match its config.json")
+    _log_loading(info, len(label_names))
     return model
+
+
+_LOADING_LOGGERS = ("transformers.modeling_tf_utils", "transformers.modeling_tf_pytorch_utils")
+_LOADING_NOTICES = (r"^(Some (weights|layers)|All (model checkpoint|PyTorch model|the) (layers|weights))|"
+                    r"TensorFlow and JAX classes are deprecated")
+
+
+def _log_loading(info: dict, num_labels: int) -> None:
+    """What transformers' loading notices said, in the job's words: the head in one INFO line."""
+    def names(key: str) -> list[str]:  # mismatched_keys holds (name, shape, shape)
+        return [str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get(key) or []]
+
+    head = [k for k in names("missing_keys") + names("mismatched_keys") if _is_head(k)]
+    reshaped_backbone = [k for k in names("mismatched_keys") if not _is_head(k)]
+    if reshaped_backbone:
+        log.warning("%d backbone weights newly initialised: their shapes differ from the checkpoint's (e.g. %s)",
+                    len(reshaped_backbone), reshaped_backbone[0])
+    if head:
+        log.info("classification head newly initialised (%d labels)", num_labels)
+    else:
+        log.info("classification head loaded from the checkpoint (%d labels)", num_labels)
+    if unused := names("unexpected_keys"):
+        log.debug("%d checkpoint weights not used by the classifier (e.g. pretraining heads): %s", len(unused),
+                  ", ".join(unused[:20]) + (" ..." if len(unused) > 20 else ""))
 
 
 def _is_head(name: str) -> bool:
