@@ -58,6 +58,9 @@ def check_checkpoint(path: Path) -> str:
     """Which weights the folder holds: 'tf' or 'safetensors'; raise with the fix when unusable."""
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
+    for index in (path / "tf_model.h5.index.json", path / "model.safetensors.index.json"):
+        if index.is_file():
+            shard_files(path, index)  # refuse a bad index now, not after the data is read
     if any((path / n).is_file() for n in TF_WEIGHTS):
         return "tf"
     if any((path / n).is_file() for n in SAFETENSORS):
@@ -155,17 +158,40 @@ def _is_head(name: str) -> bool:
     return any(base.startswith(p) or f"/{p}" in name or f".{p}" in name for p in HEAD_PREFIXES)
 
 
+def shard_files(folder: Path, index: Path) -> list[Path]:
+    """The weight shards a sharded checkpoint's index names, each a file directly in `folder`.
+
+    The index is part of the (possibly downloaded, possibly hostile) checkpoint: a shard name such as
+    `../x.safetensors` or `/etc/x` must never make the job read a file outside the model folder.
+    """
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{index} is not a shard index ({type(exc).__name__}): it needs a weight_map of "
+                         "parameter -> shard file; re-save the checkpoint") from None
+    shards = []
+    for name in names:
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise ModelError(f"{index} names shard {name!r}, which is not a file in the model folder; "
+                             "shards must sit beside the index")
+        shard = folder / name
+        if not shard.is_file():
+            raise ModelError(f"{index} names shard {name}, which is missing from {folder}")
+        shards.append(shard)
+    return shards
+
+
 def _from_pt_safetensors(path: Path, config):
     from safetensors.numpy import load_file
     from transformers import TFAutoModelForSequenceClassification
     from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
     index = path / "model.safetensors.index.json"
-    shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
-        else ["model.safetensors"]
+    shards = shard_files(path, index) if index.is_file() else [path / "model.safetensors"]
     state: dict = {}
     for shard in shards:
-        state.update(load_file(str(path / shard)))
+        state.update(load_file(str(shard)))
     model = TFAutoModelForSequenceClassification.from_config(config)
     model, info = load_pytorch_state_dict_in_tf2_model(model, state, allow_missing_keys=True,
                                                        output_loading_info=True,

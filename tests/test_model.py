@@ -79,3 +79,39 @@ def test_unknown_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
     # Offline, a hub id cannot be told apart from a typo: retryable, and the message says the way out.
     with pytest.raises(TransientError, match="no-such-org/no-such-model: could not download .* local or gs://"):
         model_step.resolve_checkpoint("no-such-org/no-such-model", tmp_path)
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors", "..",
+                                   "missing.safetensors"])
+def test_a_shard_index_naming_files_outside_the_folder_is_refused(tiny_checkpoints, tmp_path, shard):
+    import json
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_checkpoints["pt"], d)
+    (d / "model.safetensors").rename(tmp_path / "outside.safetensors")  # a real weights file, one level up
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a.weight": shard}}))
+    with pytest.raises(ModelError, match="not a file in the model folder|missing from"):
+        model_step.check_checkpoint(d)
+
+
+def test_a_sharded_safetensors_checkpoint_loads_from_its_own_folder(tiny_checkpoints, tmp_path):
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_checkpoints["pt"], d)
+    state = load_file(str(d / "model.safetensors"))
+    (d / "model.safetensors").unlink()
+    names = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in halves.items():
+        save_file({k: state[k] for k in keys}, str(d / file), metadata={"format": "pt"})
+    weight_map = {k: f for f, keys in halves.items() for k in keys}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert model_step.check_checkpoint(d) == "safetensors"
+    a = model_step.load_classifier(tiny_checkpoints["pt"], "safetensors", ("x", "y"))
+    b = model_step.load_classifier(d, "safetensors", ("x", "y"))
+    wa, wb = backbone(a), backbone(b)
+    for name in wa:
+        np.testing.assert_array_equal(wa[name], wb[name], err_msg=name)
