@@ -59,10 +59,28 @@ class CheckpointStore:
                                 "delete it, pass the same arguments, or choose another --checkpoint-dir")
         names = state["files"]
         storage.get_files(self.uri, names, self.local)
+        self._verify(state)
         checkpoint.read(str(self.local / state["prefix"])).assert_existing_objects_matched()
         self._current = names
         log.info("resuming from step %d (checkpoint %s/%s)", state["step"], self.uri, state["prefix"])
         return ResumePoint(int(state["step"]), state.get("history", {}))
+
+    def _verify(self, state: dict) -> None:
+        """Each restored file against the size and sha256 that state.json recorded when it was saved
+        (a transfer that went wrong is fetched once more; a file damaged at rest is refused)."""
+        digests = state.get("sha256") or {}
+        for attempt in range(2):
+            bad = [n for n in state["files"] if n in digests and (
+                not (self.local / n).is_file() or storage.sha256_file(self.local / n) != digests[n])]
+            if not bad:
+                return
+            if attempt == 0 and storage.is_gcs(self.uri):
+                log.warning("checkpoint file %s failed its sha256 check after download; downloading again", bad[0])
+                storage.get_files(self.uri, bad, self.local)
+                continue
+            raise BadInputError(f"checkpoint file {storage.join(self.uri, bad[0])} does not match the sha256 "
+                                f"recorded in {STATE} when it was saved: the checkpoint is damaged; delete "
+                                f"{self.uri} to train from the start")
 
     def _read_state(self) -> dict | None:
         raw = storage.read_bytes(storage.join(self.uri, STATE))
@@ -76,7 +94,8 @@ class CheckpointStore:
         if not self.enabled:
             return
         state = {"step": step, "prefix": prefix, "files": files, "history": history,
-                 "fingerprint": self.fingerprint}
+                 "fingerprint": self.fingerprint,
+                 "sha256": {n: storage.sha256_file(self.local / n) for n in files}}
         (self.local / STATE).write_text(json.dumps(state))
         storage.put_files(self.local, files, self.uri)
         storage.put_files(self.local, [STATE], self.uri)  # last: makes the new save current
