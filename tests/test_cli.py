@@ -101,10 +101,15 @@ def cases(tmp_path, good, tiny_checkpoints):
          ExitCode.BAD_INPUT),
         ("fractional label", ["--train", half_label], "row 3: the label '0.5' is not a whole number", ExitCode.BAD_INPUT),
         ("object label", ["--train", object_label], 'row 2: the label is a JSON object ({"a": 1})', ExitCode.BAD_INPUT),
+        ("negative seed", ["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295", ExitCode.BAD_INPUT),
+        ("seed too big", ["--seed", str(2**32)], "--seed must be a whole number from 0 to 4294967295", ExitCode.BAD_INPUT),
+        ("output is a file", ["--output", header_only], "exists and is not a folder", ExitCode.BAD_INPUT),
+        ("checkpoints inside output", ["--checkpoint-dir", good["out"] + "/ckpt"], "--checkpoint-dir",
+         ExitCode.BAD_INPUT),
     ]
 
 
-N_CASES = 34
+N_CASES = 38
 
 
 def snapshot(root):
