@@ -426,3 +426,65 @@ def test_a_full_disk_at_the_output_is_exit_74_with_one_line_and_no_run(tmp_path,
     assert proc.returncode == 74, proc.stderr[-3000:]
     assert len(err) == 1 and "No space left on device" in err[0] and str(small) in err[0]
     assert "manifest.json" not in lines  # `ls -A` of the output after the run: no run was published
+
+
+# --------------------------------------------------------------------------------------------
+# Soak: four real CLI runs race for one gs:// output through a faulty network, a reader watching
+
+def test_four_cli_runs_racing_through_faults_never_show_a_corrupt_run(gcs, gcs_server, tmp_path, tiny_checkpoints,
+                                                                      toy_data):
+    from conftest import FAST, ROOT
+    from faultproxy import FaultProxy
+    from job import emulator
+
+    bucket = f"soak-{uuid.uuid4().hex[:10]}"
+    gcs.create_bucket(bucket)
+    emulator.upload_tree(gcs, toy_data, bucket, "data")
+    emulator.upload_tree(gcs, tiny_checkpoints["pt"], bucket, "model")
+    output = f"gs://{bucket}/shared/run"
+    reads = {"runs seen": 0, "no run yet": 0, "changed while read": 0, "corrupt": []}
+    done = threading.Event()
+
+    def reader():
+        while not done.is_set():
+            try:
+                if visible(output, tmp_path / "reads") is None:
+                    reads["no run yet"] += 1
+                else:
+                    reads["runs seen"] += 1
+            except TransientError:
+                reads["changed while read"] += 1
+            except (DataError, AssertionError) as exc:  # a manifest that stayed put over bad files
+                reads["corrupt"].append(str(exc))
+            time.sleep(0.05)
+
+    with FaultProxy(gcs_server.url, seed=7) as proxy:
+        proxy.add("status", statuses=(503, 429, 500), fraction=0.1)
+        proxy.add("cut", query="alt=media", fraction=0.05)
+        watcher = threading.Thread(target=reader, daemon=True)
+        watcher.start()
+        env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "STORAGE_EMULATOR_HOST": proxy.url,
+               "FT_STORAGE_RETRY_SECONDS": "60", "FT_PUBLISH_LEASE_SECONDS": "5"}
+        procs = []
+        for i in range(4):
+            args = ["train", "--data", f"gs://{bucket}/data/", "--model", f"gs://{bucket}/model", "--output", output,
+                    *FAST, "--epochs", "1", "--seed", str(i), "--run-id", f"r{i}"] + (["--overwrite"] if i % 2 else [])
+            procs.append(subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py"), *args], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        results = [(p.wait(600), p.stderr.read()) for p in procs]
+        done.set()
+        watcher.join(30)
+        faults = proxy.faults()
+    codes = [code for code, _ in results]
+    print(f"\n[soak] exit codes {codes}, {faults} injected faults, reader: "
+          f"{ {k: (v if not isinstance(v, list) else len(v)) for k, v in reads.items()} }")
+    assert reads["corrupt"] == []
+    assert reads["runs seen"] >= 1 and faults >= 10
+    assert codes[1] == codes[3] == 0, [err[-1500:] for _, err in results]  # --overwrite runs always publish
+    assert all(code in (0, 4) for code in codes), [err[-1500:] for _, err in results]
+    for code, err in results:
+        if code == 4:
+            assert err.strip().splitlines()[-1].startswith(f"error: {output} already holds a completed run")
+    final, _ = publish.read_manifest(output)
+    assert final["run_id"] in {f"r{i}" for i, c in enumerate(codes) if c == 0}
+    assert visible(output, tmp_path / "final") is not None and leftovers(output) == []
