@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -124,16 +125,40 @@ def run_process(python: Path | str, module: str, args: list[str], log: Path, tim
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     load_before = os.getloadavg()[0]
     cmd = [str(python), "-m", module, *args, "--result", str(result), "--launched-at", repr(time.time())]
+    cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=timeout)
+    wall = time.perf_counter() - t0
+    cpu1 = cpu_seconds()
     if proc.returncode != 0 or not result.is_file():
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"{module} failed (exit {proc.returncode}); log {log}:\n{tail}")
     out = json.loads(result.read_text())
-    out.update(wall_seconds=round(time.perf_counter() - t0, 1), load_before=round(load_before, 2),
-               load_after=round(os.getloadavg()[0], 2))
+    out.update(wall_seconds=round(wall, 1), load_before=round(load_before, 2),
+               load_after=round(os.getloadavg()[0], 2), **shared_cpu(cpu0, cpu1, wall))
     return out
+
+
+def cpu_seconds() -> dict:
+    """Busy CPU seconds of the whole machine (/proc/stat) and of this process's finished children."""
+    machine = None
+    if Path("/proc/stat").exists():
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+        machine = (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"machine": machine, "children": ru.ru_utime + ru.ru_stime}
+
+
+def shared_cpu(before: dict, after: dict, wall: float) -> dict:
+    """How busy the machine was with other work while a contender ran: mean cores used by processes
+    other than the contender (and this harness), out of os.cpu_count()."""
+    if before["machine"] is None or wall <= 0:
+        return {}
+    mine = after["children"] - before["children"]
+    other = max(0.0, (after["machine"] - before["machine"]) - mine)
+    return {"process_cpu_seconds": round(mine, 1), "other_cpu_cores": round(other / wall, 2)}
 
 
 def contender_args(a, train: Path, dev: Path, work: Path) -> list[str]:
@@ -147,7 +172,8 @@ def contender_args(a, train: Path, dev: Path, work: Path) -> list[str]:
 SUMMED = ("examples_per_second", "real_tokens_per_second", "padding_fraction", "dev_accuracy",
           "start_to_first_step_seconds", "launch_to_first_step_seconds", "first_step_seconds",
           "steady_step_seconds", "export_seconds", "tokenize_seconds", "input_share_of_step",
-          "host_gap_share_of_step", "train_seconds")
+          "host_gap_share_of_step", "train_seconds", "wall_seconds", "real_tokens", "computed_tokens",
+          "other_cpu_cores")
 
 
 def summarise(results: dict[str, list[dict]], probe: dict) -> dict:
@@ -195,13 +221,15 @@ def check_targets(summary: dict, probe: dict) -> list[dict]:
 
 
 def table(summary: dict) -> str:
-    head = ["contender", "ex/s", "real tok/s", "padding", "dev acc", "util", "start->1st step s", "export s"]
+    head = ["contender", "ex/s", "real tok/s", "padding", "dev acc", "util", "start->1st step s", "export s",
+            "process s"]
     rows = []
     for label, s in summary["contenders"].items():
         rows.append([LABELS.get(label, label), f"{s['examples_per_second']:.1f}", f"{s['real_tokens_per_second']:.0f}",
                      f"{s['padding_fraction']:.1%}", f"{s['dev_accuracy']:.4f}",
                      f"{s['utilisation']:.1%}" if "utilisation" in s else "-",
-                     f"{s['start_to_first_step_seconds']:.1f}", f"{s['export_seconds']:.1f}"])
+                     f"{s['start_to_first_step_seconds']:.1f}", f"{s['export_seconds']:.1f}",
+                     f"{s['wall_seconds']:.0f}" if "wall_seconds" in s else "-"])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
@@ -216,11 +244,26 @@ def machine() -> dict:
             "platform": platform.platform(), "python": platform.python_version()}
 
 
+def source() -> dict:
+    """The commit measured and the files of it changed in the working tree (job code and bench)."""
+    def git(*args):
+        try:
+            r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", "job", "entrypoint.py", "bench") or ""
+    return {"commit": commit.strip() if commit else None, "modified": [ln[3:] for ln in status.splitlines()]}
+
+
 def main(argv=None) -> int:
     a = parse(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc)
+    cpu_start, t_start, load_start = cpu_seconds(), time.perf_counter(), os.getloadavg()
     train, dev = prepare_data(a, work)
     pythons = {"ours": sys.executable, "seed": sys.executable}
     if any(key == "torch" for _, key, _ in a.runs):
@@ -254,9 +297,14 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(a, k) for k in ("model", "train", "dev", "rows", "epochs", "batch_size", "learning_rate",
                                            "max_length", "seed", "rounds", "matmul_size")}
+    host = {**machine(), "load_at_start": [round(x, 2) for x in load_start],
+            "load_at_end": [round(x, 2) for x in os.getloadavg()],
+            **{f"whole_run_{k}": v for k, v in shared_cpu(cpu_start, cpu_seconds(),
+                                                           time.perf_counter() - t_start).items()}}
     report = {"started_at": started.isoformat(), "seconds": round((dt.datetime.now(dt.timezone.utc) - started)
                                                                   .total_seconds(), 1),
-              "machine": machine(), "settings": settings, "probe": probe, "summary": summary, "targets": checks,
+              "command": " ".join(["python", "-m", "bench.bench", *(sys.argv[1:] if argv is None else argv)]),
+              "source": source(), "machine": host, "settings": settings, "probe": probe, "summary": summary, "targets": checks,
               "runs": results, "table": table(summary)}
     out.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -267,7 +315,16 @@ def main(argv=None) -> int:
         print(f"{'MET ' if c['met'] else 'MISS'} {c['target']}: {c['value']} (goal {c['goal']}) {c['note']}")
     print(f"results: {out}\n")
     print(report["table"])
+    from bench import table as markdown  # the README's tables: python -m bench.table <result file>
+
+    print(f"\nMarkdown (python -m bench.table {_shown(out)}):\n")
+    print(markdown.render(report, _shown(out)))
     return 0
+
+
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 
 - matrix-multiply FLOP/s: a chain of `--matmul-repeats` fp32 N x N `tf.matmul`s in one graph (a
   chain, so no repeat can be folded away), best of three timings;
-- the job's tokenization throughput (features.encode) on every row of a file.
+- the job's tokenization throughput on every row of a file: job.model.load_tokenizer, then
+  job.features.encode (datasets.map), median of three calls.
 
 Also the Keras callback that times steps for the TensorFlow contenders.
 """
@@ -78,22 +79,40 @@ class StepTimes(tf.keras.callbacks.Callback):
         self.validation_seconds += time.perf_counter() - self._test
 
 
-def tokenize_throughput(path: str, text_column: str, label_column: str, model: str, max_length: int) -> dict:
+def tokenize_throughput(path: str, text_column: str, label_column: str, model: str, max_length: int,
+                        repeats: int = 3) -> dict:
+    """The job's tokenization of every row of `path`, as a run does it: the tokenizer loaded by
+    job.model.load_tokenizer, then job.features.encode (datasets.map(batched=True) into Arrow
+    columns). After a 256-row warm-up (imports), `repeats` timed calls; the median is `seconds`."""
+    import statistics
+    from pathlib import Path
+
+    import datasets
     import numpy as np
-    from transformers import AutoTokenizer
+    import tokenizers
+    import transformers
 
     from job import features
+    from job.config import ModelConfig
     from job.data import Split
+    from job.model import load_tokenizer
 
     texts, labels = read_rows(path, text_column, label_column)
-    tokenizer = AutoTokenizer.from_pretrained(model, use_fast=True)
+    tokenizer = load_tokenizer(Path(model), ModelConfig(model=model, max_length=max_length))
     split = Split(tuple(texts), None, np.zeros(len(texts), np.int32))
     features.encode(Split(split.texts[:256], None, split.labels[:256]), tokenizer, max_length)  # warm-up
-    t0 = time.perf_counter()
-    enc = features.encode(split, tokenizer, max_length)
-    seconds = time.perf_counter() - t0
-    return {"rows": len(texts), "seconds": round(seconds, 3), "rows_per_second": round(len(texts) / seconds, 1),
-            "tokens": int(enc.lengths.sum())}
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        enc = features.encode(split, tokenizer, max_length)
+        times.append(round(time.perf_counter() - t0, 3))
+    seconds = statistics.median(times)
+    return {"rows": len(texts), "seconds": seconds, "rows_per_second": round(len(texts) / seconds, 1),
+            "all_seconds": times, "tokens": int(enc.lengths.sum()), "file": str(path),
+            "path": "job.model.load_tokenizer + job.features.encode (datasets.map, batched)",
+            "chunk_rows": features.TOKENIZE_CHUNK,
+            "versions": {"datasets": datasets.__version__, "tokenizers": tokenizers.__version__,
+                         "transformers": transformers.__version__}}
 
 
 def main(argv=None) -> None:
@@ -107,7 +126,10 @@ def main(argv=None) -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--launched-at", type=float, help="(unused: every benchmark process is given it)")
     a = p.parse_args(argv)
-    out: dict = {"matmul_flops": matmul_flops(a.matmul_size)}
+    import tf_keras
+
+    out: dict = {"matmul_flops": matmul_flops(a.matmul_size),
+                 "versions": {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__}}
     if a.tokenize_file:
         out["tokenize"] = tokenize_throughput(a.tokenize_file, a.text_column, a.label_column, a.model, a.max_length)
     write_result(a.result, out)
