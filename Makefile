@@ -24,7 +24,7 @@ run: setup ## Offline demo: local GCS emulator, packaged MiniLM, our demo data, 
 	$(PY) -m job.demo
 
 test: setup ## Run the test suite
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rsx tests
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache work demo

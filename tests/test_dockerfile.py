@@ -377,3 +377,89 @@ def test_tiny_training_run_from_the_image_layout(tmp_path_factory, tiny_checkpoi
     written = {p for p in files_under(img.rootfs) - before if p != scratch and not p.startswith(scratch + "/")}
     assert not written, f"written outside {scratch}: {sorted(written)[:10]}"
 
+
+
+# --------------------------------------------------------------------------------------------
+# The install step resolves: the Dockerfile's pip steps as dry runs for the image's Python and platform
+
+# glibc of each Debian release a python:*-slim-<release> base can be: the newest manylinux tag it runs.
+DEBIAN_GLIBC = {"bullseye": (2, 31), "bookworm": (2, 36), "trixie": (2, 41)}
+# What pip prints when it cannot reach the package index (then the test is skipped, not failed).
+UNREACHABLE = ("Failed to establish a new connection", "Temporary failure in name resolution",
+               "Max retries exceeded", "Could not fetch URL", "ConnectTimeoutError", "ProxyError",
+               "Network is unreachable", "No route to host", "Connection refused")
+
+
+def image_target(base: str) -> tuple[str, list[str]]:
+    """(Python version, pip --platform tags) of a python:X.Y.Z-slim-<debian> base on x86_64: every
+    manylinux tag up to the glibc of that Debian release (pip does not expand manylinux_2_N itself)."""
+    m = re.fullmatch(r"python:(\d+\.\d+(?:\.\d+)?)-slim-(\w+)(@sha256:[0-9a-f]{64})?", base)
+    assert m and m.group(2) in DEBIAN_GLIBC, f"base image {base!r}: unknown Python version or Debian release"
+    major, minor = DEBIAN_GLIBC[m.group(2)]
+    platforms = [f"manylinux_{major}_{n}_x86_64" for n in range(minor, 4, -1)]
+    return m.group(1), platforms + ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+
+
+def pip_steps(img: Image) -> list[list[str]]:
+    """The arguments of each `pip install` in the Dockerfile's RUN lines, in order, with paths
+    inside the image mapped to the files COPY put there."""
+    steps = []
+    for run in img.runs:
+        for command in re.split(r"&&|;|\|\|", run):
+            words = shlex.split(command)
+            if words[:2] in (["pip", "install"], ["pip3", "install"]) or words[1:4] == ["-m", "pip", "install"]:
+                args = words[words.index("install") + 1:]
+                steps.append([str(img.host(a)) if a.startswith("/") and img.host(a).exists() else a for a in args])
+    return steps
+
+
+def pip_dry_run(args: list[str], python_version: str, platforms: list[str], report: Path) -> dict[str, str]:
+    """{package: version} that `pip install ARGS` would install in the image (nothing is installed)."""
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
+           str(report), "--python-version", python_version, *(f"--platform={p}" for p in platforms),
+           "--only-binary=:all:", "--timeout", "30", "--retries", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    if proc.returncode != 0:
+        unreachable = [line for line in proc.stderr.splitlines() if any(s in line for s in UNREACHABLE)]
+        if unreachable:
+            pytest.skip(f"the package index is unreachable: {unreachable[0].strip()[:300]}")
+        pytest.fail(f"`pip install {' '.join(args)}` does not resolve for Python {python_version} on "
+                    f"{platforms[0]}:\n{proc.stderr[-4000:]}")
+    return {re.sub(r"[-_.]+", "-", i["metadata"]["name"]).lower(): i["metadata"]["version"]
+            for i in json.loads(report.read_text())["install"]}
+
+
+def inconsistent(first: dict[str, str], second: dict[str, str]) -> dict[str, tuple[str, str]]:
+    return {name: (first[name], second[name]) for name in sorted(first.keys() & second.keys())
+            if first[name] != second[name]}
+
+
+def test_the_image_install_steps_resolve_to_one_consistent_set(image, tmp_path):
+    """The Dockerfile's pip steps, as `pip install --dry-run` for the image's Python and platform:
+    each resolves from the package index to binary wheels, and packages both steps install get one
+    version (the second step, run on top of the first, then changes nothing the first installed).
+    Needs the package index (skipped when it is unreachable); takes 30-60 s."""
+    python_version, platforms = image_target(image.base)
+    steps = pip_steps(image)
+    assert len(steps) == 2, steps
+    assert "tensorflow[and-cuda]" in steps[0] and "-c" in steps[0] and "-r" in steps[1], steps
+    first = pip_dry_run(steps[0], python_version, platforms, tmp_path / "first.json")
+    second = pip_dry_run(steps[1], python_version, platforms, tmp_path / "second.json")
+    pinned = re.search(r"^tensorflow==([\d.]+)\.\*", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert pinned and first["tensorflow"].startswith(pinned.group(1) + "."), first["tensorflow"]
+    assert [n for n in first if n.startswith("nvidia-cudnn")], "the and-cuda extra brought no cuDNN wheel"
+    common = first.keys() & second.keys()
+    print(f"image install: {len(first)} packages, then {len(second)} ({len(common)} in both, "
+          f"tensorflow {first['tensorflow']}) for Python {python_version} on {platforms[0]}")
+    assert "tensorflow" in common and not inconsistent(first, second), inconsistent(first, second)
+
+
+def test_inconsistent_sees_a_package_the_second_step_would_change():
+    assert inconsistent({"numpy": "2.4.6", "six": "1.17.0"}, {"numpy": "2.4.6"}) == {}
+    assert inconsistent({"numpy": "2.4.6"}, {"numpy": "1.26.4", "pandas": "2.3.0"}) == {"numpy": ("2.4.6", "1.26.4")}
+
+
+def test_image_target_follows_the_base_image():
+    version, platforms = image_target("python:3.11.14-slim-bookworm@sha256:" + "0" * 64)
+    assert version == "3.11.14" and platforms[0] == "manylinux_2_36_x86_64" and "manylinux_2_27_x86_64" in platforms
+    assert "manylinux_2_37_x86_64" not in platforms

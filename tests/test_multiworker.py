@@ -6,23 +6,30 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import FAST, ROOT
 from job import distribution, emulator
-from job.errors import ConfigError
+from job.errors import ConfigError, ExitCode
+
+
+def start_workers(args, envs, tmp_path) -> list[subprocess.Popen]:
+    procs = []
+    for i, env in enumerate(envs):
+        with open(tmp_path / f"worker{i}.log", "w") as log:
+            procs.append(subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py"), "train", *args],
+                                          env={**os.environ, "TF_USE_LEGACY_KERAS": "1", **env},
+                                          stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT))
+    return procs
 
 
 def two_workers(args, envs, tmp_path, timeout=600):
-    procs = []
-    for i, env in enumerate(envs):
-        log = open(tmp_path / f"worker{i}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py"), "train", *args],
-                                      env={**os.environ, "TF_USE_LEGACY_KERAS": "1", **env},
-                                      stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT))
+    procs = start_workers(args, envs, tmp_path)
     codes = []
     for p in procs:
         try:
@@ -72,6 +79,63 @@ def test_unreachable_peer_fails_within_the_timeout(tiny_checkpoints, toy_data, t
     assert codes == [-9], logs[0][-2000:]  # killed by its watchdog: Kubernetes retries it
     assert re.search(r"^error: workers unreachable for 5s from worker:0 \(peers: 127.0.0.1:\d+\)",
                      logs[0].strip().splitlines()[-1])
+
+
+def tf_configs(n: int) -> list[dict]:
+    hosts = [f"127.0.0.1:{emulator.free_port()}" for _ in range(n)]
+    return [{"TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("loss", ["killed", "frozen"])
+def test_lost_peer_during_training_exits_retry(loss, tiny_checkpoints, toy_data, tmp_path):
+    """The non-chief is lost mid-training: the chief fails in its next collective and exits 75
+    (RETRY: Kubernetes starts it again and every worker resumes from the chief's checkpoint) with
+    one `error:` line. "killed": SIGKILL, the peer's connections are reset (a crashed pod; measured:
+    the chief exits 0.3 s later). "frozen": SIGSTOP, the peer stays connected but silent (a lost
+    node): TensorFlow's coordination service misses its heartbeats (measured: exit 7.9 s later),
+    and the collective timeout (--cluster-timeout) bounds the wait in any case."""
+    timeout = 20
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    args = ["--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]), "--output", str(out),
+            "--checkpoint-dir", str(ckpt), "--checkpoint-every", "2", *FAST, "--epochs", "40",
+            "--cluster-timeout", str(timeout)]
+    chief, worker = procs = start_workers(args, tf_configs(2), tmp_path)
+    try:
+        step = wait_for_checkpoint(ckpt / "state.json", 4, procs)
+        killed_at = time.monotonic()
+        worker.send_signal(signal.SIGKILL if loss == "killed" else signal.SIGSTOP)
+        code = chief.wait(timeout=timeout + 90)
+        seconds = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    log = (tmp_path / "worker0.log").read_text()
+    print(f"chief: exit {code} {seconds:.1f} s after the peer was {loss} (checkpoint at step {step}, "
+          f"--cluster-timeout {timeout})")
+    assert code == ExitCode.RETRY, log[-3000:]
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert errors == [log.strip().splitlines()[-1]], errors
+    assert errors[0].startswith("error: lost contact with another worker during training"), errors
+    assert seconds < timeout + 60
+    assert not out.exists(), "nothing is published"
+    assert (ckpt / "state.json").is_file(), "the chief's last checkpoint is kept for the retry"
+
+
+def wait_for_checkpoint(state_file, at_least: int, procs, timeout=300) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            step = json.loads(state_file.read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            step = -1  # not there yet, or being replaced
+        if step >= at_least:
+            return step
+        assert all(p.poll() is None for p in procs), "a worker ended before checkpointing"
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint in time")
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,6 +75,7 @@ def test_sigterm_checkpoints_and_exits_retry_then_resumes(tiny_checkpoints, toy_
     assert code == ExitCode.RETRY, log[-2000:]
     last = log.strip().splitlines()[-1]
     assert last.startswith("error: received SIGTERM") and "checkpoint saved at step" in last
+    assert [line for line in log.splitlines() if line.startswith("error:")] == [last]
     saved = json.loads((ckpt / "state.json").read_text())["step"]
     assert last.endswith(f"step {saved})")
     assert not out.exists()
@@ -86,7 +88,81 @@ def test_sigterm_checkpoints_and_exits_retry_then_resumes(tiny_checkpoints, toy_
     assert not ckpt.exists(), "checkpoints are removed once the run is published"
 
 
+@pytest.mark.parametrize("marker,delay", [(" config: ", 0.2), (" precision: ", 0.05)],
+                         ids=["loading-data", "building-model"])
+def test_sigterm_before_training_stops_at_once_with_retry(marker, delay, tiny_checkpoints, toy_data, tmp_path):
+    """SIGTERM outside training ends the job at once: exit 75 (RETRY), one `error:` line, no
+    checkpoint (there is no training state to save) and nothing published. Sent `delay` s after the
+    log line that starts loading the data (0.8 s of loading follow it), or after the one just before
+    the model is built (about 0.3 s before training starts). Measured: 0.02-0.8 s from the signal
+    to the exit, 16/16 runs right. Not at the very instant of a log line: a SIGTERM that lands while
+    a log record is being written is swallowed by logging (a known bug, tests/test_signals.py), and
+    the job then stops only after its first training step (about half the runs sent at once)."""
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    args = ["--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]), "--output", str(out),
+            "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", "--epochs", "5", *ARGS]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py"), "train", *args], text=True,
+                            env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    lines, sent = [], None
+    try:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if sent is None and marker in line:
+                time.sleep(delay)
+                proc.send_signal(signal.SIGTERM)
+                sent = time.monotonic()
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    seconds = time.monotonic() - sent if sent is not None else float("nan")
+    print(f"SIGTERM after {marker.strip()!r}: exit {code} {seconds:.2f} s later")
+    assert sent is not None, "\n".join(lines[-30:])
+    assert code == ExitCode.RETRY, "\n".join(lines[-30:])
+    errors = [line for line in lines if line.startswith("error:")]
+    assert errors == [lines[-1]] and errors[0].startswith("error: received SIGTERM"), errors
+    assert "checkpoint saved" not in errors[0]
+    # --checkpoint-every 1: a single training step would have logged a save.
+    assert not [line for line in lines if "checkpoint at step" in line]
+    assert not (ckpt / "state.json").exists() and not out.exists()
+    assert seconds < 5, "it stops at once, not after training"
+
+
+def test_retry_after_publishing_finds_its_own_run_and_exits_0(tiny_checkpoints, toy_data, tmp_path):
+    """A retry with the same arguments of a run that already published (e.g. killed between
+    publishing and exiting) exits 0 without loading data, building a model or training, and leaves
+    the published run as it was."""
+    from conftest import FAST, run_job
+
+    out = tmp_path / "out"
+    args = ["train", "--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]), "--output", str(out),
+            *FAST, "--epochs", "1"]
+    t0 = time.monotonic()
+    first = run_job(args)
+    first_seconds = time.monotonic() - t0
+    assert first.returncode == 0, first.stderr[-3000:]
+    published = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    assert "manifest.json" in {p.name for p in published}
+
+    t0 = time.monotonic()
+    retry = run_job(args)
+    retry_seconds = time.monotonic() - t0
+    print(f"first run {first_seconds:.1f} s, retry {retry_seconds:.1f} s")
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    assert "already holds this run" in retry.stderr
+    for step in (r"data: \d+ train", r"global batch: \d+", r"final weights digest", r"published to "):
+        assert re.search(step, first.stderr), step  # the markers are real: the first run logs them
+        assert not re.search(step, retry.stderr), f"the retry ran a step again: {step}"
+    assert not [line for line in retry.stderr.splitlines() if line.startswith("error:")]
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == published
+    assert retry_seconds < first_seconds
+
+
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(deterministic_checkpoint, toy_data, tmp_path):
+    """Killed mid-epoch and resumed, the run ends with exactly the weights of an uninterrupted one:
+    equality with no tolerance (atol=rtol=0); the test prints the measured max difference (0 so far)."""
     common = ["--data", str(toy_data), "--model", str(deterministic_checkpoint), "--epochs", "4", *ARGS]
     # Reference: uninterrupted.
     ref = start([*common, "--output", str(tmp_path / "ref")], tmp_path / "ref.log")
@@ -104,11 +180,16 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(deterministic_ch
     log = (tmp_path / "resumed.log").read_text()
     assert "resuming from step" in log
 
-    # Same data order, optimizer moments and schedule step: the same model, up to float noise.
+    # Same data order, optimizer moments and schedule step: the same model, bit for bit. Measured:
+    # max |difference| 0 (41/41 tensors identical) in every run so far, so no tolerance is allowed.
     a, b = hf_weights(tmp_path / "ref"), hf_weights(out)
     assert a.keys() == b.keys()
+    diffs = {n: float(np.max(np.abs(a[n].astype(np.float64) - b[n]), initial=0.0)) for n in a}
+    worst = max(diffs, key=diffs.get)
+    print(f"resume vs uninterrupted: max |difference| {diffs[worst]:.3g} ({worst}); killed after the save at "
+          f"step {step}; identical tensors: {sum(np.array_equal(a[n], b[n]) for n in a)}/{len(a)}")
     for name in a:
-        np.testing.assert_allclose(a[name], b[name], atol=2e-5, rtol=1e-4, err_msg=name)
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     ma = json.loads((tmp_path / "ref" / "metrics.json").read_text())
     mb = json.loads((out / "metrics.json").read_text())
     assert [e["val_accuracy"] for e in ma["epochs"]] == [e["val_accuracy"] for e in mb["epochs"]]
