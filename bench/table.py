@@ -94,7 +94,7 @@ def source(report: dict, shown: str) -> str:
     ours = s["contenders"].get("ours", {})
     if "input_share_of_step" in ours:
         lines.append(f"Input pipeline alone: {_pct(ours['input_share_of_step'])} of ours' step time.")
-    return "\n".join(lines)
+    return "\n".join(f"- {line}" for line in lines)
 
 
 def _own_cores(runs: list[dict]) -> str:
