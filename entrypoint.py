@@ -29,7 +29,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from job.config import DataConfig, JobConfig, ModelConfig, OutputConfig, TrainConfig
+from job.config import DataConfig, ModelConfig, TrainConfig
 from job.errors import ExitCode, JobError
 
 # Plain (not rich) help and errors: pod logs get one readable line, not a box of box-drawing characters.
@@ -101,58 +101,27 @@ def train(
 ) -> None:
     """Fine-tune MODEL on labelled text and publish the model, SavedModel and metrics to OUTPUT."""
 
-    def build() -> JobConfig:
-        nonlocal output, run_id, train, validation, checkpoint_dir, tensorboard_dir, report_dir
-        # Platform conventions (Vertex AI, SageMaker) fill only options the user left at default.
-        from job import platform
-        from job.config import resolve_output
+    def go() -> None:
+        from job.config import from_cli
+        from job.run import Hooks, run
 
         # Compared by name: typer vendors click, so its ParameterSource enum is not importable stably.
         given = {name for name in ctx.params if ctx.get_parameter_source(name).name != "DEFAULT"}
-        defaults = platform.platform_defaults(os.environ)
-        if defaults:
-            log.info("%s", platform.describe(os.environ))
-        current = {"output": output, "train": train, "validation": validation, "checkpoint_dir": checkpoint_dir,
-                   "tensorboard_dir": tensorboard_dir, "report_dir": report_dir}
-        resolved = platform.apply_defaults(current, given, defaults)
-        output, train, validation = resolved["output"], resolved["train"], resolved["validation"]
-        checkpoint_dir, tensorboard_dir, report_dir = (resolved["checkpoint_dir"], resolved["tensorboard_dir"],
-                                                       resolved["report_dir"])
-        output, run_id = resolve_output(output, output_root, run_id)
-        return JobConfig(
-            data=DataConfig(data=data, train=train, validation=validation, text_column=text_column,
-                            text_pair_column=text_pair_column, label_column=label_column, header=header,
-                            data_format=data_format, validation_fraction=validation_fraction,
-                            max_train_examples=max_train_examples),
-            model=ModelConfig(model=model, num_labels=num_labels, max_length=max_length),
-            train=TrainConfig(epochs=epochs, per_replica_batch_size=per_replica_batch_size,
-                              learning_rate=learning_rate, warmup_ratio=warmup_ratio,
-                              weight_decay=weight_decay, seed=seed, checkpoint_every=checkpoint_every,
-                              cluster_timeout=cluster_timeout, precision=precision, jit_compile=jit_compile,
-                              steps_per_execution=steps_per_execution),
-            output=OutputConfig(output=output, output_root=output_root, run_id=run_id,
-                                promote_if_better=promote_if_better, force_promotion=force_promotion,
-                                tensorboard_dir=tensorboard_dir, report_dir=report_dir, overwrite=overwrite,
-                                work_dir=work_dir, checkpoint_dir=checkpoint_dir),
-        )
-
-    def go() -> None:
-        from job.run import run
-
-        run(build())
+        # A caller that invokes the app in-process (the benchmark) may pass Hooks as click's `obj`.
+        run(from_cli(ctx.params, given, os.environ), ctx.obj if isinstance(ctx.obj, Hooks) else None)
 
     _exit_with(go)
 
 
-def _rows_config(text_column: str, text_pair_column: str | None, label_column: str, header: bool,
-                 data_format: str) -> DataConfig:
-    from job.config import DATA_FORMATS
-    from job.errors import ConfigError
+def _score_config(model: str, data: str, output: str | None, needs_output: bool, text_column: str,
+                  text_pair_column: str | None, label_column: str, header: bool, data_format: str, batch_size: int,
+                  max_length: int):
+    from job.config import DataConfig, ScoreConfig
 
-    if data_format not in DATA_FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(DATA_FORMATS)}, got {data_format!r}")
-    return DataConfig(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
-                      header=header, data_format=data_format)
+    return ScoreConfig(model=model, data=data, output=output or None, needs_output=needs_output,
+                       rows=DataConfig(text_column=text_column, text_pair_column=text_pair_column,
+                                       label_column=label_column, header=header, data_format=data_format),
+                       batch_size=batch_size, max_length=max_length)
 
 
 RunOpt = Annotated[str, typer.Option("--model", envvar="FT_MODEL", help="A run folder (local or gs://), or an output root whose champion.json names one.")]
@@ -176,14 +145,12 @@ def predict(
     """Predict a label and class probabilities for every row of DATA with a trained run."""
 
     def go() -> None:
-        from job.errors import ConfigError
         from job.predict import predict_command
 
-        if not (model and data and output):
-            raise ConfigError("predict needs --model, --data and --output")
+        cfg = _score_config(model, data, output, True, text_column, text_pair_column, "label", header, data_format,
+                            batch_size, max_length)
         with tempfile.TemporaryDirectory() as tmp:
-            result = predict_command(model, data, output, _rows_config(text_column, text_pair_column, "label", header,
-                                                                        data_format), batch_size, max_length, Path(tmp))
+            result = predict_command(cfg, Path(tmp))
         typer.echo(json.dumps(result))
 
     _exit_with(go)
@@ -201,15 +168,12 @@ def evaluate(
     """Score a trained run on a labelled file: the same metrics as training's evaluation."""
 
     def go() -> None:
-        from job.errors import ConfigError
         from job.predict import evaluate_command
 
-        if not (model and data):
-            raise ConfigError("evaluate needs --model and --data")
+        cfg = _score_config(model, data, output, False, text_column, text_pair_column, label_column, header,
+                            data_format, batch_size, max_length)
         with tempfile.TemporaryDirectory() as tmp:
-            result = evaluate_command(model, data, output or None,
-                                      _rows_config(text_column, text_pair_column, label_column, header, data_format),
-                                      batch_size, max_length, Path(tmp))
+            result = evaluate_command(cfg, Path(tmp))
         typer.echo(json.dumps(result["evaluation"], indent=2))
 
     _exit_with(go)

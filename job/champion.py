@@ -51,14 +51,15 @@ from pathlib import Path
 from typing import Any
 
 from job import storage
+from job.config import PROMOTION_METRICS, parse_promote_spec  # noqa: F401 - re-exported
 from job.errors import ConfigError, DataError, TransientError
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion.json"
 LOCK = ".champion.json.lock"
-# +1: higher is better, -1: lower is better.
-METRICS = {"accuracy": +1, "macro_f1": +1, "loss": -1}
+# +1: higher is better, -1: lower is better (defined with the spec's parser, in job/config.py).
+METRICS = PROMOTION_METRICS
 # Float slack when checking "improves by at least MIN_DELTA": 0.905 - 0.9 is 0.0049999999999999 in
 # binary floating point, and a user who asked for 0.005 means it to pass.
 TOLERANCE = 1e-9
@@ -80,25 +81,6 @@ class Decision:
 
 # --------------------------------------------------------------------------------------------
 # Pure parts: the spec, the candidate, the decision
-
-def parse_promote_spec(spec: str) -> tuple[str, float]:
-    """"accuracy:0.005" -> ("accuracy", 0.005); "loss" -> ("loss", 0.0). "macro-f1" is macro_f1."""
-    name, sep, delta_text = str(spec).strip().partition(":")
-    metric = name.strip().lower().replace("-", "_")
-    if metric not in METRICS:
-        raise ConfigError(f"promotion metric must be one of {', '.join(METRICS)} (as METRIC or METRIC:MIN_DELTA, "
-                          f"e.g. accuracy:0.005), got {spec!r}")
-    if not sep:
-        return metric, 0.0
-    try:
-        delta = float(delta_text)
-    except ValueError:
-        raise ConfigError(f"promotion spec {spec!r}: {delta_text!r} is not a number; "
-                          f"write e.g. {metric}:0.005") from None
-    if not math.isfinite(delta) or delta < 0:
-        raise ConfigError(f"promotion spec {spec!r}: the minimum improvement must be 0 or more, got {delta_text}")
-    return metric, delta
-
 
 def candidate(run_id: str, run_uri: str, metrics: dict) -> dict:
     """The pointer a run would become, from its metrics.json (without promoted_at/reason)."""

@@ -20,6 +20,8 @@ from job.errors import ConfigError
 DATA_FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 JIT_COMPILE = ("auto", "on", "off")
+# Promotion metrics and their direction: +1 higher is better, -1 lower is better.
+PROMOTION_METRICS = {"accuracy": +1, "macro_f1": +1, "loss": -1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +158,6 @@ def validate(cfg: JobConfig) -> None:
     if o.promote_if_better and not o.output_root:
         raise ConfigError("--promote-if-better needs --output-root, where champion.json lives")
     if o.promote_if_better:
-        from job.champion import parse_promote_spec
-
         parse_promote_spec(o.promote_if_better)
     if o.run_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", o.run_id):
         raise ConfigError(f"--run-id {o.run_id!r} must be letters, digits, '.', '_' or '-' (at most 128)")
@@ -232,3 +232,71 @@ def _check_places(cfg: JobConfig) -> None:
     if o.promote_if_better and not (len(run) > len(root) and run[:len(root)] == root):
         raise ConfigError(f"--output {out} must lie below --output-root {o.output_root} to be promoted "
                           "(leave --output unset: the run then goes to ROOT/runs/RUN_ID)")
+
+
+def parse_promote_spec(spec: str) -> tuple[str, float]:
+    """"accuracy:0.005" -> ("accuracy", 0.005); "loss" -> ("loss", 0.0). "macro-f1" is macro_f1."""
+    name, sep, delta_text = str(spec).strip().partition(":")
+    metric = name.strip().lower().replace("-", "_")
+    if metric not in PROMOTION_METRICS:
+        raise ConfigError(f"promotion metric must be one of {', '.join(PROMOTION_METRICS)} (as METRIC or "
+                          f"METRIC:MIN_DELTA, e.g. accuracy:0.005), got {spec!r}")
+    if not sep:
+        return metric, 0.0
+    try:
+        delta = float(delta_text)
+    except ValueError:
+        raise ConfigError(f"promotion spec {spec!r}: {delta_text!r} is not a number; "
+                          f"write e.g. {metric}:0.005") from None
+    if not math.isfinite(delta) or delta < 0:
+        raise ConfigError(f"promotion spec {spec!r}: the minimum improvement must be 0 or more, got {delta_text}")
+    return metric, delta
+
+
+# --------------------------------------------------------------------------------------------
+# Built from the command line: flag > FT_* variable > platform convention > default
+
+#: Options a platform (Vertex AI, SageMaker) may supply when the user left them at their default.
+PLATFORM_OPTIONS = ("output", "train", "validation", "checkpoint_dir", "tensorboard_dir", "report_dir")
+
+
+def from_cli(params: dict[str, Any], given: set[str], environ) -> JobConfig:
+    """The JobConfig of `train`'s parsed options (`params`, by option name), `given` naming the ones
+    the user set (flag or FT_* variable). Platform conventions fill only options left at default."""
+    from job import platform
+
+    params = dict(params)
+    defaults = platform.platform_defaults(environ)
+    if defaults:
+        import logging
+
+        logging.getLogger(__name__).info("%s", platform.describe(environ))
+    params.update(platform.apply_defaults({k: params[k] for k in PLATFORM_OPTIONS}, given, defaults))
+    params["output"], params["run_id"] = resolve_output(params["output"], params["output_root"], params["run_id"])
+
+    def pick(cls):
+        return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls)})
+
+    return JobConfig(data=pick(DataConfig), model=pick(ModelConfig), train=pick(TrainConfig), output=pick(OutputConfig))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """predict and evaluate: a published run (or an output root with a champion), rows, a destination."""
+
+    model: str
+    data: str
+    output: str | None
+    rows: DataConfig
+    batch_size: int = 64
+    max_length: int = 128
+    needs_output: bool = False  # predict writes a file; evaluate's file is optional
+
+    def __post_init__(self) -> None:
+        what = "predict" if self.needs_output else "evaluate"
+        if not (self.model and self.data and (self.output or not self.needs_output)):
+            raise ConfigError(f"{what} needs --model, --data" + (" and --output" if self.needs_output else ""))
+        if self.rows.data_format not in DATA_FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(DATA_FORMATS)}, got {self.rows.data_format!r}")
+        _positive("batch-size", self.batch_size)
+        _positive("max-length", self.max_length)

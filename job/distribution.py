@@ -156,7 +156,6 @@ class Topology:
     workers: int
     worker_index: int
     is_chief: bool
-    devices: tuple[str, ...]  # this worker's devices
     source: str
 
 
@@ -171,7 +170,7 @@ def make_strategy(env: Mapping[str, str] | None = None, timeout: float = DEFAULT
         strategy = tf.distribute.MirroredStrategy(devices=devices)
         log.info("strategy: MirroredStrategy over %d %s device(s): %s", len(devices),
                  "GPU" if gpus else "CPU", ", ".join(devices))
-        return strategy, Topology(strategy.num_replicas_in_sync, 1, 0, True, tuple(devices), cluster.source)
+        return strategy, Topology(strategy.num_replicas_in_sync, 1, 0, True, cluster.source)
 
     kind, index = cluster.task
     peers = [f"{k}:{i}={a}" for k, i, a in cluster.tasks]
@@ -185,9 +184,8 @@ def make_strategy(env: Mapping[str, str] | None = None, timeout: float = DEFAULT
                             "check the Service/TF_CONFIG and that every worker started; raise "
                             "--cluster-timeout if pods start slowly"):
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    devices = tuple(str(d) for d in strategy.extended.worker_devices)
     topo = Topology(strategy.num_replicas_in_sync, cluster.workers, cluster.worker_index, cluster.is_chief,
-                    devices, cluster.source)
+                    cluster.source)
     log.info("strategy: MultiWorkerMirroredStrategy, %d workers, %d replicas in sync",
              topo.workers, topo.replicas)
     return strategy, topo

@@ -1,7 +1,7 @@
 """A Markdown model card for a finished run, built only from its metrics.json.
 
     from job import modelcard
-    (staging / modelcard.MODEL_CARD).write_text(modelcard.model_card(metrics, plots=names))
+    (staging / "report" / "README.md").write_text(modelcard.model_card(metrics, run_uri, plots=names))
 
 Pure: the card says nothing that metrics.json does not hold, so it can be regenerated for any old
 run from its metrics.json alone. Numbers are printed with 4 decimals, like the job's log lines.
@@ -10,9 +10,6 @@ run from its metrics.json alone. Numbers are printed with 4 decimals, like the j
 from __future__ import annotations
 
 from typing import Any, Sequence
-
-MODEL_CARD = "MODEL_CARD.md"
-
 
 def _cell(value: Any) -> str:
     # Label names and paths are user data: a '|' or a newline would break the Markdown table.

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
 from matplotlib.figure import Figure
+
+from job.storage import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,7 @@ def write_report_plots(metrics: dict, lr_per_step: Sequence[float], folder: Path
     written = []
     for name, fig in report_figures(metrics, lr_per_step).items():
         # Write then rename: the folder is staged for upload, a half-written PNG must never be in it.
-        tmp = folder / f".{name}.tmp"
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, folder / name)
+        with atomic_file(folder / name) as tmp:
+            fig.savefig(tmp, format="png")
         written.append(name)
     return written

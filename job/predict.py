@@ -19,9 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -175,9 +173,9 @@ def write_predictions(rows: Sequence[str], probs: np.ndarray, names: Sequence[st
     if pairs is not None and len(pairs) != len(rows):
         raise DataError(f"{len(rows)} texts but {len(pairs)} text pairs")
     labels = probs.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    from job.storage import atomic_file
+
+    with atomic_file(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             if suffix in CSV_SUFFIXES:
                 writer = csv.writer(f)
@@ -192,9 +190,6 @@ def write_predictions(rows: Sequence[str], probs: np.ndarray, names: Sequence[st
                               "label": int(labels[i]), "label_name": names[labels[i]],
                               "probabilities": {n: _prob(p) for n, p in zip(names, probs[i])}}
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -215,11 +210,12 @@ def resolve_run(model_uri: str, scratch: Path) -> tuple[str, Path]:
     return uri, folder
 
 
-def predict_command(model_uri: str, data_uri: str, output_uri: str, data_cfg, batch_size: int,
-                    max_length: int, scratch: Path) -> dict:
+def predict_command(cfg, scratch: Path) -> dict:
+    """`predict` (cfg: job.config.ScoreConfig): probabilities for every row of cfg.data, to cfg.output."""
     from job import data
 
-    run_uri, local = resolve_run(model_uri, scratch)
+    data_uri, output_uri, data_cfg, batch_size, max_length = cfg.data, cfg.output, cfg.rows, cfg.batch_size, cfg.max_length
+    run_uri, local = resolve_run(cfg.model, scratch)
     rows = data.read_rows(data_uri, data_cfg, scratch / "data", labelled=False)
     probs, names = predict_rows(local, rows.texts, rows.pairs, batch_size, max_length)
     local_file = write_predictions(rows.texts, probs, names, scratch / "out" / _file_name(output_uri), rows.pairs)
@@ -228,12 +224,13 @@ def predict_command(model_uri: str, data_uri: str, output_uri: str, data_cfg, ba
     return {"model": run_uri, "rows": len(rows.texts), "output": output_uri}
 
 
-def evaluate_command(model_uri: str, data_uri: str, output_uri: str | None, data_cfg, batch_size: int,
-                     max_length: int, scratch: Path) -> dict:
-    """The training evaluation's metrics for a trained model on a labelled file or folder."""
+def evaluate_command(cfg, scratch: Path) -> dict:
+    """`evaluate` (cfg: job.config.ScoreConfig): the training evaluation's metrics for a trained model
+    on a labelled file or folder, also written to cfg.output when given."""
     from job import data, evaluation
 
-    run_uri, local = resolve_run(model_uri, scratch)
+    data_uri, output_uri, data_cfg, batch_size, max_length = cfg.data, cfg.output, cfg.rows, cfg.batch_size, cfg.max_length
+    run_uri, local = resolve_run(cfg.model, scratch)
     rows = data.read_rows(data_uri, data_cfg, scratch / "data", labelled=True)
     probs, names = predict_rows(local, rows.texts, rows.pairs, batch_size, max_length)
     index = {n: i for i, n in enumerate(names)}

@@ -1,4 +1,5 @@
-"""The training pipeline, top to bottom: config -> data -> model -> train -> evaluate -> export -> publish.
+"""The training pipeline, top to bottom: inputs -> runtime -> features -> model -> train -> evaluate
+-> export -> report -> publish -> promote. `_run` reads as that list; each phase is a function below it.
 
     python entrypoint.py train --data DATA --model MODEL --output OUTPUT
 """
@@ -6,11 +7,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import tensorflow as tf
 
@@ -42,9 +45,58 @@ def workspace(cfg: JobConfig):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run(cfg: JobConfig) -> dict | None:
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What a caller may add to a run without patching the job (the benchmark uses both)."""
+
+    # Extra Keras callbacks given to fit (e.g. a per-step timer).
+    callbacks: tuple = ()
+    # Called once after training with the trained run's parts (features, plan, model, meter).
+    on_trained: Callable[["Trained"], None] | None = None
+    # Pad batch widths to this multiple instead of the one --jit-compile implies (a benchmark lever).
+    pad_multiple: int | None = None
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Phase 1's result: validated data, the checkpoint folder and its tokenizer."""
+
+    data: data_step.LabelledData
+    checkpoint: Path
+    kind: str  # "tf" or "safetensors"
+    tokenizer: object
+
+
+@dataclasses.dataclass
+class Runtime:
+    strategy: tf.distribute.Strategy
+    topology: distribution.Topology
+    global_batch: int
+    steps_per_epoch: int
+
+
+@dataclasses.dataclass
+class Features:
+    train: features.Encoded
+    validation: features.Encoded
+    pad_id: int
+    pad_multiple: int
+
+
+@dataclasses.dataclass
+class Trained:
+    model: object
+    history: dict
+    meter: training.Throughput
+    features: Features
+    runtime: Runtime
+    precision: str
+    cfg: JobConfig
+
+
+def run(cfg: JobConfig, hooks: Hooks | None = None) -> dict | None:
     with training.Preemption().installed() as preemption:
-        return _run(cfg, preemption)
+        return _run(cfg, preemption, hooks or Hooks())
 
 
 def settings_fingerprint(cfg: JobConfig) -> str:
@@ -55,143 +107,167 @@ def settings_fingerprint(cfg: JobConfig) -> str:
     return checkpoints.settings_fingerprint({k: d[k] for k in ("data", "model", "train")})
 
 
-def _run(cfg: JobConfig, preemption: training.Preemption) -> dict | None:
+def _run(cfg: JobConfig, preemption: training.Preemption, hooks: Hooks) -> dict | None:
     timer = report.PhaseTimer()
     log.info("config: %s", cfg.to_dict())
     tf.keras.utils.set_random_seed(cfg.train.seed)
-    fingerprint = settings_fingerprint(cfg)
-    identity = publish.Identity(cfg.output.run_id, fingerprint)
+    identity = publish.Identity(cfg.output.run_id, settings_fingerprint(cfg))
     # Refuse early: hours of training must not end in "output exists" or "not writable". A retry of
     # a run that published just before it was killed finds its own result there: done, not an error.
-    if publish.check_output(cfg.output.output, identity, cfg.output.overwrite) is not None:
-        earlier = _already_published(cfg.output.output, identity)
-        if earlier is not None:
-            log.info("%s already holds this run (same settings, published by an earlier attempt)",
-                     cfg.output.output)
-            if cfg.output.promote_if_better:
-                promote(cfg, earlier)  # the attempt may have died between publishing and promoting
-            return earlier
-
+    if (earlier := _published_earlier(cfg, identity)) is not None:
+        return earlier
     with workspace(cfg) as scratch:
-        # -- data and checkpoint: everything validated before the model is built
-        with timer("download"):
-            data = data_step.load(cfg.data, cfg.model.num_labels, cfg.train.seed, scratch / "data")
-            ckpt = model_step.resolve_checkpoint(cfg.model.model, scratch)
-            kind = model_step.check_checkpoint(ckpt)
-        tokenizer = model_step.load_tokenizer(ckpt, cfg.model)
-        log.info("data: %d train / %d validation rows, %d classes (%s); validation %s", len(data.train),
-                 len(data.validation), data.num_labels, ", ".join(data.label_names[:10]), data.validation_source)
-
-        # -- runtime
-        strategy, topo = distribution.make_strategy(timeout=cfg.train.cluster_timeout)
-        global_batch = cfg.train.per_replica_batch_size * topo.replicas
-        steps = features.steps_per_epoch(len(data.train), global_batch)
-        log.info("replicas: %d, global batch: %d (= %d per replica x %d), %d steps/epoch x %d epochs",
-                 topo.replicas, global_batch, cfg.train.per_replica_batch_size, topo.replicas, steps,
-                 cfg.train.epochs)
-
-        # -- features
-        with timer("tokenize"):
-            train_enc = features.encode(data.train, tokenizer, cfg.model.max_length)
-            val_enc = features.encode(data.validation, tokenizer, cfg.model.max_length)
-        pad_id = tokenizer.pad_token_id or 0
-
-        # Each worker's input pipeline yields its own per-replica batches of one global plan; with
-        # XLA, batch widths are rounded up so that only a handful of shapes get compiled.
-        multiple = features.pad_multiple(training.jit_compile_enabled(cfg.train))
-
-        def train_ds(epoch: int, skip: int):
-            return strategy.distribute_datasets_from_function(lambda ctx: features.train_dataset(
-                train_enc, global_batch, cfg.train.epochs, cfg.train.seed, cfg.model.max_length, pad_id,
-                initial_epoch=epoch, skip=skip, shard=features.Sharding.from_context(ctx), pad_multiple=multiple))
-
-        val_ds = strategy.distribute_datasets_from_function(lambda ctx: features.validation_dataset(
-            val_enc, global_batch, cfg.model.max_length, pad_id, shard=features.Sharding.from_context(ctx),
-            pad_multiple=multiple))
-        val_steps = features.steps_per_epoch(len(val_enc), global_batch)
-
-        # -- model and optimizer, built inside the strategy so variables are mirrored
-        precision = training.set_precision(cfg.train.precision)
-        log.info("precision: %s, XLA: %s, steps per execution: %d", precision,
-                 "on" if training.jit_compile_enabled(cfg.train) else "off", cfg.train.steps_per_execution)
-        with timer("load_model"), strategy.scope():
-            clf = model_step.load_classifier(ckpt, kind, data.label_names)
-            training.compile_model(clf, cfg.train, total_steps=steps * cfg.train.epochs)
-
-        # -- train, resuming from the last checkpoint of this same run if there is one
-        store = checkpoints.CheckpointStore(
-            cfg.output.checkpoints, scratch / "checkpoints",
-            checkpoints.settings_fingerprint({"run": fingerprint, "data": data.fingerprint("train"),
-                                              "validation": data.fingerprint("validation")}),
-            enabled=topo.is_chief)
+        inputs = load_inputs(cfg, scratch, timer)
+        runtime = build_runtime(cfg, inputs)
+        feats = tokenize(cfg, inputs, timer)
+        if hooks.pad_multiple:
+            feats.pad_multiple = hooks.pad_multiple
+        model, precision = build_model(cfg, inputs, runtime, timer)
         staging = scratch / "staging"
         staging.mkdir()
         board = tblog.TensorBoardLogger(staging / TENSORBOARD)
-        with timer("train"), _peer_loss_is_transient(topo):
-            history, meter = training.fit(clf, train_ds, (val_ds, val_steps), cfg.train, steps, store, preemption,
-                                          callbacks=[board, progress.ProgressLog(steps * cfg.train.epochs)])
-
-        # Workers of one run must end with identical weights; the digest in each log shows it.
-        log.info("final weights digest: %s", export.weights_digest(clf))
-
-        # -- evaluate
-        with timer("evaluate"):
-            logits = evaluation.predict_logits(clf, val_enc, global_batch, cfg.model.max_length, pad_id)
-            final = evaluation.classification_metrics(val_enc.labels, logits, data.label_names)
-        log.info("validation: accuracy %.4f, macro-F1 %.4f, loss %.4f", final["accuracy"], final["macro_f1"],
-                 final["loss"])
-
-        # -- export and publish
+        store = checkpoint_store(cfg, identity, inputs, runtime, scratch)
+        trained = train(cfg, model, feats, runtime, precision, store, preemption, timer,
+                        callbacks=(board, progress.ProgressLog(runtime.steps_per_epoch * cfg.train.epochs),
+                                   *hooks.callbacks))
+        if hooks.on_trained:
+            hooks.on_trained(trained)
+        final = evaluate(trained, inputs, timer)
         with timer("export"):
-            layout = export.export_all(clf, tokenizer, train_enc.names, staging)
-        train_seconds = sum(meter.epoch_seconds)
-        metrics = {
-            "run_id": cfg.output.run_id,
-            "started_at": timer.started.isoformat(),
-            "status": "complete",
-            "settings_fingerprint": fingerprint,
-            "replicas": topo.replicas,
-            "workers": topo.workers,
-            "cluster_source": topo.source,
-            "global_batch_size": global_batch,
-            "precision": precision,
-            "steps_per_epoch": steps,
-            "data": {"train_examples": len(data.train), "validation_examples": len(data.validation),
-                     "labels": list(data.label_names), "validation_source": data.validation_source,
-                     "validation_fingerprint": data.fingerprint("validation"), "sources": data.sources},
-            "epochs": _per_epoch(history),
-            "final_evaluation": final,
-            "throughput": {
-                "train_examples_per_second": round(len(data.train) * cfg.train.epochs / train_seconds, 2)
-                if train_seconds else None,
-                "epoch_seconds": [round(s, 3) for s in meter.epoch_seconds],
-                "first_step_seconds": round(meter.first_step_seconds or 0.0, 3),
-            },
-            "phases_seconds": timer.seconds,
-            "outputs": layout,
-            "config": cfg.to_dict(),
-            "versions": report.package_versions(),
-        }
-        report.write_metrics(staging / report.METRICS, metrics)
-        with timer("report"):
-            write_report(staging, metrics, board.learning_rates, cfg.output.output)
-
-        def record_upload(seconds: float) -> list[str]:
-            metrics["phases_seconds"]["upload"] = round(seconds, 3)
-            report.write_metrics(staging / report.METRICS, metrics)
-            return [report.METRICS]
-
-        if not topo.is_chief:
+            layout = export.export_all(model, inputs.tokenizer, feats.train.names, staging)
+        metrics = report.run_metrics(cfg, identity.fingerprint, timer, inputs.data, trained, final, layout)
+        write_outputs(staging, cfg, metrics, board.learning_rates, timer)
+        if not runtime.topology.is_chief:
             # Every worker exports (TF's rule for multi-worker saving); only the chief publishes.
-            log.info("worker %d done; the chief publishes the run", topo.worker_index)
+            log.info("worker %d done; the chief publishes the run", runtime.topology.worker_index)
             return None
-        publish.publish(staging, cfg.output.output, identity, cfg.output.overwrite, finalize=record_upload)
-        store.clear()
-        log.info("published to %s (accuracy %.4f)", cfg.output.output, final["accuracy"])
-        copy_for_platform(cfg, staging)
+        publish_run(cfg, identity, staging, metrics, store)
     if cfg.output.promote_if_better:
         promote(cfg, metrics)
     return metrics
+
+
+# -- phases, in the order they run
+
+def _published_earlier(cfg: JobConfig, identity: publish.Identity) -> dict | None:
+    if publish.check_output(cfg.output.output, identity, cfg.output.overwrite) is None:
+        return None
+    earlier = _already_published(cfg.output.output, identity)
+    if earlier is not None:
+        log.info("%s already holds this run (same settings, published by an earlier attempt)", cfg.output.output)
+        if cfg.output.promote_if_better:
+            promote(cfg, earlier)  # the attempt may have died between publishing and promoting
+    return earlier
+
+
+def load_inputs(cfg: JobConfig, scratch: Path, timer: report.PhaseTimer) -> Inputs:
+    """Data and checkpoint, everything validated before the model is built."""
+    with timer("download"):
+        data = data_step.load(cfg.data, cfg.model.num_labels, cfg.train.seed, scratch / "data")
+        ckpt = model_step.resolve_checkpoint(cfg.model.model, scratch)
+        kind = model_step.check_checkpoint(ckpt)
+    tokenizer = model_step.load_tokenizer(ckpt, cfg.model)
+    log.info("data: %d train / %d validation rows, %d classes (%s); validation %s", len(data.train),
+             len(data.validation), data.num_labels, ", ".join(data.label_names[:10]), data.validation_source)
+    return Inputs(data, ckpt, kind, tokenizer)
+
+
+def build_runtime(cfg: JobConfig, inputs: Inputs) -> Runtime:
+    strategy, topo = distribution.make_strategy(timeout=cfg.train.cluster_timeout)
+    global_batch = cfg.train.per_replica_batch_size * topo.replicas
+    steps = features.steps_per_epoch(len(inputs.data.train), global_batch)
+    log.info("replicas: %d, global batch: %d (= %d per replica x %d), %d steps/epoch x %d epochs",
+             topo.replicas, global_batch, cfg.train.per_replica_batch_size, topo.replicas, steps, cfg.train.epochs)
+    return Runtime(strategy, topo, global_batch, steps)
+
+
+def tokenize(cfg: JobConfig, inputs: Inputs, timer: report.PhaseTimer) -> Features:
+    with timer("tokenize"):
+        train_enc = features.encode(inputs.data.train, inputs.tokenizer, cfg.model.max_length)
+        val_enc = features.encode(inputs.data.validation, inputs.tokenizer, cfg.model.max_length)
+    # With XLA, batch widths are rounded up so that only a handful of shapes get compiled.
+    multiple = features.pad_multiple(training.jit_compile_enabled(cfg.train))
+    return Features(train_enc, val_enc, inputs.tokenizer.pad_token_id or 0, multiple)
+
+
+def build_model(cfg: JobConfig, inputs: Inputs, runtime: Runtime, timer: report.PhaseTimer):
+    """The classifier and its optimizer, built inside the strategy so that variables are mirrored."""
+    precision = training.set_precision(cfg.train.precision)
+    log.info("precision: %s, XLA: %s, steps per execution: %d", precision,
+             "on" if training.jit_compile_enabled(cfg.train) else "off", cfg.train.steps_per_execution)
+    with timer("load_model"), runtime.strategy.scope():
+        clf = model_step.load_classifier(inputs.checkpoint, inputs.kind, inputs.data.label_names)
+        training.compile_model(clf, cfg.train, total_steps=runtime.steps_per_epoch * cfg.train.epochs)
+    return clf, precision
+
+
+def checkpoint_store(cfg: JobConfig, identity: publish.Identity, inputs: Inputs, runtime: Runtime,
+                     scratch: Path) -> checkpoints.CheckpointStore:
+    """Training state of this same run (settings and data): resumed from, and saved to."""
+    data = inputs.data
+    return checkpoints.CheckpointStore(
+        cfg.output.checkpoints, scratch / "checkpoints",
+        checkpoints.settings_fingerprint({"run": identity.fingerprint, "data": data.fingerprint("train"),
+                                          "validation": data.fingerprint("validation")}),
+        enabled=runtime.topology.is_chief)
+
+
+def train(cfg: JobConfig, model, feats: Features, runtime: Runtime, precision: str,
+          store: checkpoints.CheckpointStore, preemption: training.Preemption, timer: report.PhaseTimer,
+          callbacks: tuple) -> Trained:
+    """Fit, resuming from the last checkpoint of this same run if there is one."""
+    strategy, t, m = runtime.strategy, cfg.train, cfg.model
+
+    # Each worker's input pipeline yields its own per-replica batches of one global plan.
+    def train_ds(epoch: int, skip: int):
+        return strategy.distribute_datasets_from_function(lambda ctx: features.train_dataset(
+            feats.train, runtime.global_batch, t.epochs, t.seed, m.max_length, feats.pad_id, initial_epoch=epoch,
+            skip=skip, shard=features.Sharding.from_context(ctx), pad_multiple=feats.pad_multiple))
+
+    val_ds = strategy.distribute_datasets_from_function(lambda ctx: features.validation_dataset(
+        feats.validation, runtime.global_batch, m.max_length, feats.pad_id,
+        shard=features.Sharding.from_context(ctx), pad_multiple=feats.pad_multiple))
+    val_steps = features.steps_per_epoch(len(feats.validation), runtime.global_batch)
+    with timer("train"), _peer_loss_is_transient(runtime.topology):
+        history, meter = training.fit(model, train_ds, (val_ds, val_steps), t, runtime.steps_per_epoch, store,
+                                      preemption, callbacks=list(callbacks))
+    # Workers of one run must end with identical weights; the digest in each log shows it.
+    log.info("final weights digest: %s", export.weights_digest(model))
+    return Trained(model, history, meter, feats, runtime, precision, cfg)
+
+
+def evaluate(trained: Trained, inputs: Inputs, timer: report.PhaseTimer) -> dict:
+    f, cfg = trained.features, trained.cfg
+    with timer("evaluate"):
+        logits = evaluation.predict_logits(trained.model, f.validation, trained.runtime.global_batch,
+                                           cfg.model.max_length, f.pad_id)
+        final = evaluation.classification_metrics(f.validation.labels, logits, inputs.data.label_names)
+    log.info("validation: accuracy %.4f, macro-F1 %.4f, loss %.4f", final["accuracy"], final["macro_f1"],
+             final["loss"])
+    return final
+
+
+def write_outputs(staging: Path, cfg: JobConfig, metrics: dict, learning_rates: list[float],
+                  timer: report.PhaseTimer) -> None:
+    """metrics.json, config.json (the resolved config, as the Model Garden keeps it beside its
+    outputs) and report/ into the staging folder."""
+    report.write_metrics(staging / report.METRICS, metrics)
+    report.write_metrics(staging / report.CONFIG, cfg.to_dict())
+    with timer("report"):
+        write_report(staging, metrics, learning_rates, cfg.output.output)
+
+
+def publish_run(cfg: JobConfig, identity: publish.Identity, staging: Path, metrics: dict,
+                store: checkpoints.CheckpointStore) -> None:
+    def record_upload(seconds: float) -> list[str]:
+        metrics["phases_seconds"]["upload"] = round(seconds, 3)
+        report.write_metrics(staging / report.METRICS, metrics)
+        return [report.METRICS]
+
+    publish.publish(staging, cfg.output.output, identity, cfg.output.overwrite, finalize=record_upload)
+    store.clear()
+    log.info("published to %s (accuracy %.4f)", cfg.output.output, metrics["final_evaluation"]["accuracy"])
+    copy_for_platform(cfg, staging)
 
 
 def write_report(staging: Path, metrics: dict, learning_rates: list[float], run_uri: str) -> None:
@@ -247,8 +323,3 @@ def _already_published(output: str, identity: publish.Identity) -> dict | None:
     if manifest is None:
         return None
     return json.loads(publish.read_file(output, manifest, report.METRICS))
-
-
-def _per_epoch(history: dict) -> list[dict]:
-    n = len(next(iter(history.values()), []))
-    return [{"epoch": i + 1, **{k: v[i] for k, v in history.items()}} for i in range(n)]

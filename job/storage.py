@@ -527,16 +527,13 @@ def copy_object(src: str, dst: str, tmp_dir: Path | None = None) -> None:
             bucket.copy_blob(bucket.blob(src_key), client.bucket(dst_bucket), dst_key, retry=retry_policy())
         return
     source, target = Path(src).expanduser(), Path(dst).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(target, tmp_dir)
-    try:
+    with atomic_file(target, tmp_dir) as tmp:
         try:
             os.link(source, tmp)
+        except FileNotFoundError:
+            raise
         except OSError:
             shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def list_all(uri: str) -> list[str]:
@@ -576,18 +573,28 @@ def _tmp_name(target: Path, tmp_dir: Path | None) -> Path:
     return tmp_dir / f"{target.name}.tmp-{uuid.uuid4().hex[:8]}"
 
 
-def _atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
-    """Write to a temp file, fsync, rename: a reader sees the old or the new bytes."""
+@contextlib.contextmanager
+def atomic_file(path: Path, tmp_dir: Path | None = None) -> Iterator[Path]:
+    """The one way the job writes a local file that others may read: yields a temp path on the same
+    filesystem; when the block ends without an error it is renamed onto `path` (a reader sees the old
+    file or the new one, never half of one), and on an error it is removed."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path, tmp_dir)
     try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write, fsync, rename (atomic_file); then fsync the folder so the rename survives a crash."""
+    with atomic_file(path, tmp_dir) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # the rename itself survives a crash (not every FS allows it)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -676,14 +683,8 @@ def put_files(local: Path, names: list[str], uri: str, tmp_dir: Path | None = No
     dest.mkdir(parents=True, exist_ok=True)
     for name in names:
         # Copy then rename: a reader never sees a half-written file.
-        target = safe_local_path(dest, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_name(target, tmp_dir)
-        try:
+        with atomic_file(safe_local_path(dest, name), tmp_dir) as tmp:
             shutil.copyfile(local / name, tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 def get_files(uri: str, names: list[str], local: Path) -> None:

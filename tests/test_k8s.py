@@ -235,7 +235,8 @@ def parse_like_the_container(env: dict[str, str], args: list[str], monkeypatch):
         monkeypatch.setenv(k, v)
     captured = []
     stub = types.ModuleType("job.run")
-    stub.run = captured.append
+    stub.run = lambda cfg, hooks=None: captured.append(cfg)
+    stub.Hooks = type("Hooks", (), {})
     monkeypatch.setitem(sys.modules, "job.run", stub)
     group = cli()
     assert args[0] == "train", args
