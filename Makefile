@@ -21,13 +21,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 setup: $(VENV)/.installed ## Create .venv with the job's and the tests' dependencies
 
 run: setup ## Offline demo: local GCS emulator, packaged MiniLM, our demo data, bucket to bucket
-	$(PY) -m job.demo
+	$(PY) -m demo
 
 test: setup ## Run the test suite
 	$(PY) -m pytest -q -rsx tests
 
 clean: ## Remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache work demo
+	rm -rf $(VENV) .pytest_cache work
 
 # ---- Container image and Kubernetes (Dockerfile, k8s/; see k8s/README.md) ----------------------
 IMAGE ?= finetune-job:dev

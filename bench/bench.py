@@ -68,7 +68,7 @@ def parse(argv=None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.model is None:
         sys.path.insert(0, str(ROOT))
-        from job.demo import packaged_model
+        from demo.__main__ import packaged_model
 
         a.model = str(packaged_model())
     names = [c for c in a.contenders.split(",") if c and not (a.no_torch and c == "torch")]

@@ -463,3 +463,12 @@ def test_image_target_follows_the_base_image():
     version, platforms = image_target("python:3.11.14-slim-bookworm@sha256:" + "0" * 64)
     assert version == "3.11.14" and platforms[0] == "manylinux_2_36_x86_64" and "manylinux_2_27_x86_64" in platforms
     assert "manylinux_2_37_x86_64" not in platforms
+
+
+def test_development_tools_stay_out_of_the_job_and_the_image():
+    """The demo, its dataset and the emulator live in demo/, which the image does not copy."""
+    copied = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")]
+    assert not any(src.startswith("demo") for src in copied), copied
+    assert "!demo" not in (ROOT / ".dockerignore").read_text()
+    job_modules = {p.stem for p in (ROOT / "job").glob("*.py")}
+    assert not job_modules & {"demo", "demo_data", "emulator"}, job_modules

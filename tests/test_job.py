@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST, ROOT, run_job
-from job import emulator
+from demo import emulator
 from job.errors import ExitCode
 
 LEARN = FAST + ["--epochs", "6", "--learning-rate", "1e-3"]

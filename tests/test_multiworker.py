@@ -14,7 +14,8 @@ import time
 import pytest
 
 from conftest import FAST, ROOT
-from job import distribution, emulator
+from demo import emulator
+from job import distribution
 from job.errors import ConfigError, ExitCode
 
 

@@ -435,7 +435,7 @@ def test_four_cli_runs_racing_through_faults_never_show_a_corrupt_run(gcs, gcs_s
                                                                       toy_data):
     from conftest import FAST, ROOT
     from faultproxy import FaultProxy
-    from job import emulator
+    from demo import emulator
 
     bucket = f"soak-{uuid.uuid4().hex[:10]}"
     gcs.create_bucket(bucket)

@@ -15,7 +15,7 @@ ROWS, MIN_ACCURACY = 12_000, 0.85
 
 @pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason="../shared/data/sst2 is absent (a user's fresh clone)")
 def test_minilm_on_sst2_subset_reaches_085_dev_accuracy(tmp_path):
-    from job.demo import packaged_model
+    from demo.__main__ import packaged_model
 
     out = tmp_path / "run"
     proc = run_job(["train", "--train", str(SST2 / "train.tsv"), "--validation", str(SST2 / "dev.tsv"),

@@ -22,7 +22,8 @@ import pytest
 
 from conftest import FAST, run_job
 from faultproxy import FaultProxy
-from job import emulator, publish, storage
+from demo import emulator
+from job import publish, storage
 from job.errors import ConfigError, DataError, OutputExistsError, TransientError
 
 TRANSIENT = (503, 429, 500)
@@ -205,7 +206,7 @@ def test_small_reads_check_integrity_too(gcs, bucket, proxy):
 # Storage down
 
 def test_storage_unreachable_is_transient_within_the_retry_budget(gcs, bucket, monkeypatch, tmp_path):
-    from job import emulator as em
+    from demo import emulator as em
 
     monkeypatch.setenv("FT_STORAGE_RETRY_SECONDS", "2")
     use(monkeypatch, f"http://127.0.0.1:{em.free_port()}")  # nobody listens: connection refused

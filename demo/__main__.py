@@ -1,11 +1,11 @@
 """The offline demo behind `make run`: bucket in, fine-tuned model out, with nothing downloaded.
 
-    make run        # or: .venv/bin/python -m job.demo
+    make run        # or: .venv/bin/python -m demo
 
 Starts a local GCS emulator (fake-gcs-server) as the default bucket, writes our own small
 sentiment dataset and the packaged all-MiniLM-L6-v2 checkpoint into it, runs
 `entrypoint.py train` bucket-to-bucket exactly as a user would, prints the metrics, and copies
-the published run to ./demo/ (the emulator keeps everything in memory).
+the published run to ./work/demo/ (the emulator keeps everything in memory).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from job import demo_data, emulator
+from demo import data as demo_data, emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "finetune-demo"
@@ -52,7 +52,7 @@ def main() -> int:
         if code != 0:
             print(f"the job failed with exit code {code}", file=sys.stderr)
             return code
-        local = ROOT / "demo" / run_id
+        local = ROOT / "work" / "demo" / run_id
         prefix = f"runs/{run_id}/"
         for blob in gcs.list_blobs(BUCKET, prefix=prefix):
             target = local / blob.name[len(prefix):]
