@@ -192,9 +192,11 @@ def _exit_with(step) -> None:
     """Run `step`; turn every failure into one line on stderr and the exit code of its kind."""
     from job.logs import redact
 
+    from job.errors import Interrupted
+
     try:
         step()
-    except JobError as exc:
+    except (JobError, Interrupted) as exc:
         log.error("%s", exc)
         typer.echo(f"error: {redact(str(exc))}", err=True)
         raise typer.Exit(int(exc.exit_code)) from None

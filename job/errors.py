@@ -53,6 +53,17 @@ class TransientError(JobError):
     exit_code = ExitCode.RETRY
 
 
+class Interrupted(BaseException):
+    """A stop the job was asked for (SIGTERM): exit 75, run again to resume.
+
+    A BaseException, like KeyboardInterrupt, because the signal handler raises it wherever the main
+    thread happens to be, and code that catches Exception there (logging's StreamHandler.emit, a
+    library's retry loop) must not swallow it.
+    """
+
+    exit_code = ExitCode.RETRY
+
+
 class EnvironmentIOError(JobError):
     """A local filesystem failed under the job (disk full, quota, read-only, I/O error); not a bug."""
 

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from job.checkpoints import CheckpointStore
 from job.config import TrainConfig
-from job.errors import BadInputError, TransientError
+from job.errors import BadInputError, Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,8 @@ class Throughput(tf.keras.callbacks.Callback):
             self.first_step_done_at = time.time()
 
 
-class Preempted(TransientError):
-    pass
+class Preempted(Interrupted):
+    """SIGTERM: see job.errors.Interrupted (why it is not an Exception)."""
 
 
 class Preemption:

@@ -46,13 +46,6 @@ def test_sigterm_outside_training_raises_preempted():
     assert preemption.requested.is_set()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: Preempted is an Exception, and logging's StreamHandler.emit catches Exception "
-    "(handleError prints '--- Logging error ---' and carries on), so a SIGTERM that lands while a log "
-    "line is written is swallowed and the job stops only at its first training step (measured: "
-    "about half the time when SIGTERM follows a log line at once). Fix in job/training.py: raise a "
-    "BaseException subclass from the signal handler (as KeyboardInterrupt is) and map it to exit 75 "
-    "in entrypoint._exit_with; then remove this xfail (strict: it fails once the bug is fixed)."))
 def test_sigterm_while_a_log_line_is_written_is_not_swallowed(job_logging):
     preemption = training.Preemption()
     with preemption.installed(), pytest.raises(training.Preempted):
