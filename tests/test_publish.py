@@ -488,3 +488,41 @@ def test_four_cli_runs_racing_through_faults_never_show_a_corrupt_run(gcs, gcs_s
     final, _ = publish.read_manifest(output)
     assert final["run_id"] in {f"r{i}" for i, c in enumerate(codes) if c == 0}
     assert visible(output, tmp_path / "final") is not None and leftovers(output) == []
+
+
+def test_a_bucket_the_job_may_not_write_is_refused_before_training(gcs, gcs_server, tmp_path, monkeypatch):
+    """The start-up probe (one object under .finetune-job/, removed again) meets a 403: exit 3, at once."""
+    from faultproxy import FaultProxy
+
+    from job.errors import BadInputError
+
+    bucket = f"p-{uuid.uuid4().hex[:12]}"
+    gcs.create_bucket(bucket)
+    with FaultProxy(gcs_server.url) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        storage.gcs_client.cache_clear()
+        rule = proxy.add("status", statuses=(403,), body=b".finetune-job/probe-")
+        with pytest.raises(BadInputError, match="access denied .*grant the job's service account access"):
+            publish.check_output(f"gs://{bucket}/run", publish.Identity("r", "fp"), overwrite=False)
+        assert rule.fired == 1
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.url)
+    storage.gcs_client.cache_clear()
+    assert list(gcs.list_blobs(bucket)) == []
+
+
+def test_a_retry_after_a_crash_between_publishing_and_promoting_promotes(tmp_path, tiny_checkpoints, toy_data):
+    """The run published, then died before promoting: the same command again finds the run (no
+    training) and promotes it, exit 0."""
+    from conftest import FAST, run_job
+
+    root = tmp_path / "root"
+    base = ["train", "--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]), "--output-root", str(root),
+            "--run-id", "nightly-1", *FAST, "--epochs", "1"]
+    first = run_job(base)  # as if it had died right after publishing: no promotion asked, none made
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert not (root / "champion.json").exists()
+    retry = run_job([*base, "--promote-if-better", "accuracy"])
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    assert "already holds this run" in retry.stderr and "steps/epoch" not in retry.stderr
+    pointer = json.loads((root / "champion.json").read_text())
+    assert pointer["run"] == "nightly-1" and pointer["uri"] == str(root / "runs" / "nightly-1")
