@@ -553,12 +553,15 @@ def _settle(output_uri: str, manifest: dict, token: storage.Token, claim: _Claim
 
 
 def _remove_debris(output_uri: str, current: dict | None) -> None:
-    """Files of attempts that died before committing (and stray temp files): ours, and named by no
-    manifest. Only the claim holder calls this, so no live attempt's files are among them."""
+    """Files of attempts that died before committing (and stray temp files), and the copies of the
+    current run's own attempt once it is settled: ours, and named by no manifest. Only the claim
+    holder calls this, so no live attempt's files are among them."""
     debris = _debris(output_uri, current)
-    if debris:
-        log.info("removing %d file(s) left by earlier attempts that did not finish publishing", len(debris))
-        _delete(output_uri, debris)
+    own = f"{ATTEMPTS}/{(current or {}).get('attempt')}/"
+    others = [n for n in debris if not n.startswith(own)]
+    if others:
+        log.info("removing %d file(s) left by earlier attempts that did not finish publishing", len(others))
+    _delete(output_uri, debris)
 
 
 def _debris(output_uri: str, current: dict | None) -> list[str]:
