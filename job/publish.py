@@ -532,6 +532,9 @@ def _settle(output_uri: str, manifest: dict, token: storage.Token, claim: _Claim
     paths = {f["path"] for f in manifest["files"]}
     if pending:
         claim.confirm()
+    # A final path is free or holds a file of an earlier manifest (checked in `check`). A foreign file
+    # that someone writes there between `check` and now is not looked for again: a narrow race with
+    # a person editing the output during a publish, accepted rather than listed twice per publish.
     for f in pending:
         _check_name(output_uri, f["path"])
         storage.copy_object(storage.join(output_uri, f["object"]), storage.join(output_uri, f["path"]), tmp_dir=tmp)
