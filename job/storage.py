@@ -189,36 +189,6 @@ def _digest_file(path: Path, hasher) -> bytes:
     return hasher.digest()
 
 
-def _download_bytes(blob, what: str) -> bytes:
-    """A small object's bytes, checked against its listed size and CRC32C; corrupt transfers are retried."""
-    import google_crc32c
-
-    size, crc32c = blob.size, blob.crc32c
-    if blob.content_encoding == "gzip":  # served decompressed: the stored size and CRC32C do not apply
-        size = crc32c = None
-    problem = ""
-    for attempt in range(DOWNLOAD_ATTEMPTS):
-        if attempt:
-            _pause(attempt)
-        try:
-            data = blob.download_as_bytes(retry=retry_policy(), checksum="auto")
-        except Exception as exc:
-            if not _is_corruption(exc):
-                raise
-            problem = "its bytes failed the client's checksum"
-            continue
-        # A download resumed after a cut connection ends in a ranged (206) answer, which the client
-        # does not checksum: compare with the object's metadata ourselves.
-        if size is not None and len(data) != size:
-            problem = f"{len(data)} bytes arrived instead of {size}"
-        elif crc32c and base64.b64encode(google_crc32c.Checksum(data).digest()).decode() != crc32c:
-            problem = "its bytes do not match the object's CRC32C"
-        else:
-            return data
-    raise TransientError(f"{what}: the download failed its integrity check {DOWNLOAD_ATTEMPTS} times "
-                         f"({problem}); retry later")
-
-
 def _pause(attempt: int) -> None:
     """Back-off before our own re-attempts (corrupt downloads), same shape as retry_policy()'s."""
     cap = min(RETRY_DELAY["initial"] * RETRY_DELAY["multiplier"] ** (attempt - 1), RETRY_DELAY["maximum"])
@@ -411,16 +381,18 @@ def read_object(uri: str) -> tuple[bytes | None, Token]:
                         raise
                     problem = "its bytes failed the client's checksum"
                     continue
+                if blob.content_encoding == "gzip":  # served decompressed: stored size and CRC32C do not apply
+                    return data, int(blob.generation)
                 crc = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
                 if len(data) == blob.size and (not blob.crc32c or crc == blob.crc32c):
                     return data, int(blob.generation)
                 problem = "its bytes do not match the object's size and CRC32C"
-        raise TransientError(f"reading {uri}: {problem}, {DOWNLOAD_ATTEMPTS + 2} times; retry later")
+        raise TransientError(f"reading {uri}: the download failed its integrity check {DOWNLOAD_ATTEMPTS + 2} times "
+                             f"({problem}); retry later")
     path = Path(uri).expanduser()
-    try:
-        data = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
+    if not path.is_file():
         return None, 0
+    data = path.read_bytes()
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -660,14 +632,8 @@ def _upload_many(bucket, root: Path, prefix: str, names: list[str]) -> None:
 # Small named objects (checkpoints, pointers): read, put, delete by name below a folder/prefix
 
 def read_bytes(uri: str) -> bytes | None:
-    """The content at `uri`, or None when there is no such file/object."""
-    if is_gcs(uri):
-        bucket_name, name = split_gcs(uri)
-        with gcs_errors(f"reading {uri}"):
-            blob = gcs_client().bucket(bucket_name).get_blob(name, retry=retry_policy())
-            return _download_bytes(blob, f"reading {uri}") if blob is not None else None
-    path = Path(uri).expanduser()
-    return path.read_bytes() if path.is_file() else None
+    """The content at `uri`, or None when there is no such file/object (checked like read_object)."""
+    return read_object(uri)[0]
 
 
 def put_files(local: Path, names: list[str], uri: str, tmp_dir: Path | None = None) -> None:
