@@ -86,7 +86,7 @@ def train(
     seed: Annotated[int, _opt("FT_SEED", "Seed for shuffling, the validation carve and initialisation.", TRAIN)] = TrainConfig.seed,
     checkpoint_every: Annotated[int, _opt("FT_CHECKPOINT_EVERY", "Save training state every N steps (and each epoch); 0: epochs only.", TRAIN)] = TrainConfig.checkpoint_every,
     cluster_timeout: Annotated[int, _opt("FT_CLUSTER_TIMEOUT", "Multi-worker: seconds to wait for peers before failing.", TRAIN)] = TrainConfig.cluster_timeout,
-    precision: Annotated[str, _opt("FT_PRECISION", "auto (bf16 on GPUs of compute capability 8.0+, fp16 with loss scaling on 7.x, else fp32; fp32 on CPU), fp32, bf16 or fp16; head, logits and loss stay float32.", TRAIN)] = TrainConfig.precision,
+    precision: Annotated[str, _opt("FT_PRECISION", "auto (bf16 on GPUs of compute capability 8.0+, fp16 with loss scaling on 7.x, else fp32; on CPU bf16 with AVX512-BF16/AMX, else fp32), fp32, bf16 or fp16; head, logits and loss stay float32.", TRAIN)] = TrainConfig.precision,
     jit_compile: Annotated[str, _opt("FT_JIT_COMPILE", "XLA-compile the train step: auto (on with GPUs), on or off.", TRAIN)] = TrainConfig.jit_compile,
     steps_per_execution: Annotated[int, _opt("FT_STEPS_PER_EXECUTION", "Optimizer steps per call into the compiled step (callbacks run every N steps).", TRAIN)] = TrainConfig.steps_per_execution,
     checkpoint_dir: Annotated[str, _opt("FT_CHECKPOINT_DIR", "Where training state is kept for resuming (default: OUTPUT/.finetune-job/checkpoints).", OUT)] = "",

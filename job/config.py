@@ -71,7 +71,7 @@ class TrainConfig:
     # Multi-worker: seconds to wait for peers at start and inside one collective before failing.
     cluster_timeout: int = 600
     # auto | fp32 | bf16 | fp16. auto: bf16 on GPUs with compute capability 8.0+, fp16 with loss
-    # scaling on 7.x, fp32 otherwise (CPU). Mixed precision keeps the head, logits and loss in float32.
+    # scaling on 7.x; on CPU bf16 with native bf16 (AVX512-BF16/AMX), else fp32. Mixed precision keeps the head, logits and loss in float32.
     precision: str = "auto"
     # XLA-compile the train step: auto (on with GPUs, off on CPU: no faster there, and slow to
     # compile), on, off. Batches are then padded to multiples of 16 tokens: a handful of programs.

@@ -37,15 +37,39 @@ HEAD_LAYERS = ("classifier", "pre_classifier", "score", "logits_proj", "sequence
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
+# Where the kernel lists the CPU's instruction-set flags (a module constant so tests can point it
+# at a cpuinfo of another machine).
+CPUINFO = "/proc/cpuinfo"
+# Flags of CPUs that compute bfloat16 natively (Intel Cooper Lake/Sapphire Rapids on, AMD Zen 4 on):
+# there mixed bf16 measured about +20% at the same accuracy. Without them TF emulates bf16 through
+# float32 conversions, and the gain is neither large nor reliable (bench/README.md).
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(path: str | None = None) -> frozenset[str]:
+    """The instruction-set flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open(path or CPUINFO, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def resolve_precision(precision: str) -> str:
     """auto: bf16 on GPUs with bfloat16 tensor cores (compute capability 8.0+, Ampere on), fp16
-    with loss scaling on older tensor-core GPUs (7.x), else fp32 - on CPU too: bf16 is faster on
-    CPUs with AVX512-BF16/AMX, but only there, so it is an explicit choice (bench/README.md)."""
+    with loss scaling on older tensor-core GPUs (7.x); on CPU, bf16 where the CPU computes it natively
+    (AVX512-BF16 or AMX), else fp32."""
     if precision != "auto":
         return precision
-    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability")
-                    for g in tf.config.list_physical_devices("GPU")]
-    if not capabilities or any(c is None for c in capabilities):
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "bf16" if cpu_flags() & BF16_CPU_FLAGS else "fp32"
+    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability") for g in gpus]
+    if any(c is None for c in capabilities):
         return "fp32"
     oldest = min(capabilities)
     return "bf16" if oldest >= (8, 0) else "fp16" if oldest >= (7, 0) else "fp32"

@@ -67,11 +67,13 @@ def test_mixed_precision_keeps_head_logits_and_loss_in_float32(tiny_checkpoints,
     assert not np.allclose(before, clf.classifier.kernel.numpy())  # the step was applied, not skipped
 
 
-def test_defaults_on_cpu_are_fp32_without_xla_and_exact_padding():
+def test_defaults_on_cpu_are_native_precision_without_xla_and_exact_padding():
     assert not tf.config.list_physical_devices("GPU")
     cfg = TrainConfig()
     assert (cfg.precision, cfg.jit_compile, cfg.steps_per_execution) == ("auto", "auto", 1)
-    assert training.resolve_precision("auto") == "fp32"
+    # This machine's own answer: bf16 only if its CPU lists a native bf16 flag.
+    native = bool(training.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert training.resolve_precision("auto") == ("bf16" if native else "fp32")
     assert not training.jit_compile_enabled(cfg)
     assert training.jit_compile_enabled(TrainConfig(jit_compile="on"))
     assert features.pad_multiple() == 1
@@ -103,3 +105,35 @@ def test_checkpoints_every_n_steps_also_with_several_steps_per_execution():
         step.assign_add(4)
         saver.on_train_batch_end(0)
     assert store.saved == [12, 20, 32]
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu vme sse sse2 avx avx2 fma avx512f avx512_vnni {extra}
+bogomips\t: 4000.00
+
+processor\t: 1
+flags\t\t: fpu vme sse sse2 avx avx2 fma avx512f avx512_vnni {extra}
+"""
+
+
+@pytest.mark.parametrize("extra,expected", [("amx_bf16 amx_tile amx_int8", "bf16"), ("avx512_bf16", "bf16"),
+                                            ("amx_int8 amx_tile", "fp32"), ("", "fp32")])
+def test_precision_auto_uses_bf16_only_on_cpus_that_compute_it_natively(tmp_path, monkeypatch, extra, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(extra=extra))
+    monkeypatch.setattr(training, "CPUINFO", str(cpuinfo))
+    assert training.resolve_precision("auto") == expected
+    assert training.resolve_precision("fp32") == "fp32"  # an explicit choice wins over the detection
+    try:
+        assert training.set_precision("auto") == expected
+        assert tf.keras.mixed_precision.global_policy().name == training.POLICIES[expected]
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def test_precision_auto_is_fp32_where_cpuinfo_cannot_be_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "CPUINFO", str(tmp_path / "missing"))
+    assert training.cpu_flags() == frozenset()
+    assert training.resolve_precision("auto") == "fp32"
