@@ -56,6 +56,7 @@ def main(argv=None) -> None:
         logits = clf.predict({k: dev[k].astype(np.int32) for k in x}, batch_size=a.batch_size, verbose=0).logits
     with watch("export"):
         clf.save_pretrained(str(Path(a.work) / "model"))
+    done_at = time.time()
 
     real = int(x["attention_mask"].sum()) * a.epochs
     computed = int(x["input_ids"].size) * a.epochs
@@ -78,6 +79,7 @@ def main(argv=None) -> None:
         "export_seconds": watch.seconds["export"],
         "tokenize_seconds": watch.seconds["tokenize"],
         "phases_seconds": watch.seconds,
+        "launch_to_done_seconds": round(done_at - a.launched_at, 3),
         "matmul_flops": matmul_flops(a.matmul_size),
     })
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"ours": "ours (job defaults)", "seed": "seed recipe", "torch": "PyTorch Trainer"}
-BLOCKS = ("source", "contenders", "targets", "limits")
+BLOCKS = ("source", "contenders", "targets", "limits", "phases")
 MARKER = re.compile(r"^<!-- generated: python -m bench\.table (\S+) (\w+) -->\n(.*?)^<!-- end generated -->$",
                     re.M | re.S)
 
@@ -106,20 +106,21 @@ def _own_cores(runs: list[dict]) -> str:
 
 def contenders(report: dict, shown: str) -> str:
     head = ["Contender", "ex/s", "real tok/s", "padding", "dev acc", "util", "start->1st step s", "export s",
-            "process s", "own cores", "others' cores"]
+            "launch->outputs s", "process s", "own cores", "others' cores"]
     rows = []
     for label, s in report["summary"]["contenders"].items():
         rows.append([_label(label, report), f"{s['examples_per_second']:.1f}", f"{s['real_tokens_per_second']:.0f}",
                      _pct(s["padding_fraction"]), f"{s['dev_accuracy']:.4f}",
                      _pct(s["utilisation"]) if "utilisation" in s else "-",
                      f"{s['start_to_first_step_seconds']:.1f}", f"{s['export_seconds']:.1f}",
+                     f"{s['launch_to_done_seconds']:.0f}" if "launch_to_done_seconds" in s else "-",
                      f"{s['wall_seconds']:.0f}" if "wall_seconds" in s else "-", _own_cores(report["runs"].get(label, [])),
                      f"{s['other_cpu_cores']:.2f}" if "other_cpu_cores" in s else "-"])
     return _table(head, rows)
 
 
 def _goal(t: dict) -> str:
-    if t["target"].startswith(("ours /", "tokenize")):
+    if t["target"].startswith(("ours /", "tokenize", "seed recipe whole", "PyTorch whole", "ours launch")):
         return t["goal"]
     return re.sub(r"\d*\.\d+", lambda m: f"{float(m.group()):.0%}", t["goal"])
 
@@ -142,6 +143,10 @@ def _measured(t: dict, report: dict) -> str:
         return f"{v:.2f}x ({t['note']}{shared})"
     if name.startswith("tokenize"):
         return f"{v:.2f} s ({t['note']})"
+    if "whole wall time" in name:
+        return f"{v:.2f}x ({t['note']})"
+    if name.endswith("(s)"):
+        return f"{v:.1f} s"
     return _pct(v)
 
 
@@ -191,8 +196,28 @@ def limits(report: dict, shown: str) -> str:
     return "\n".join(out)
 
 
+PHASES = {"imports": "imports (process start -> first phase)", "data": "data (read + validate)",
+          "tokenize": "tokenize", "model_load": "model load", "first_step": "first step (trace + run)",
+          "steady_training": "steady training", "validation_in_fit": "per-epoch validation",
+          "checkpoint_saves": "checkpoint saves", "evaluate": "evaluation", "export": "export",
+          "report": "report + plots", "upload": "upload (publish)", "other": "other (not in a phase)"}
+
+
+def phases(report: dict, shown: str) -> str:
+    """Where ours' whole process time goes, launch to published outputs (median over rounds)."""
+    ours = report["summary"]["contenders"].get("ours", {})
+    parts = ours.get("phase_breakdown_seconds")
+    if not parts:
+        return "(this result file has no phase breakdown: it predates it)"
+    total = ours["launch_to_done_seconds"]
+    rows = [[PHASES.get(k, k), f"{v:.1f}", _pct(v / total)] for k, v in parts.items()]
+    rows.append(["**whole process**", f"**{total:.1f}**", "100%"])
+    return _table(["Phase (ours)", "s", "share"], rows)
+
+
 def block(report: dict, name: str, shown: str) -> str:
-    return {"source": source, "contenders": contenders, "targets": targets, "limits": limits}[name](report, shown)
+    return {"source": source, "contenders": contenders, "targets": targets, "limits": limits,
+            "phases": phases}[name](report, shown)
 
 
 def marked(report: dict, name: str, shown: str) -> str:

@@ -83,6 +83,7 @@ def main(argv=None) -> None:
         logits = trainer.predict(dev_ds).predictions
     with watch("export"):
         trainer.save_model(str(Path(a.work) / "model"))
+    done_at = time.time()
 
     real, computed = CountingCollator.real, CountingCollator.computed
     train_seconds = watch.seconds["train"]
@@ -110,6 +111,7 @@ def main(argv=None) -> None:
         "export_seconds": watch.seconds["export"],
         "tokenize_seconds": watch.seconds["tokenize"],
         "phases_seconds": watch.seconds,
+        "launch_to_done_seconds": round(done_at - a.launched_at, 3),
         "torch_threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "torch_matmul_flops": torch_flops,

@@ -39,8 +39,9 @@ def test_bench_table_prints_what_the_readmes_show(tmp_path):
               "summary": {"contenders": {"ours": {"examples_per_second": 80.94, "real_tokens_per_second": 1082.2,
                                                   "padding_fraction": 0.0461, "dev_accuracy": 0.85321,
                                                   "utilisation": 0.3371, "start_to_first_step_seconds": 21.84,
-                                                  "export_seconds": 2.33, "wall_seconds": 160.2, "other_cpu_cores": 0.861}}}}
-    assert "| ours (job defaults) | 80.9 | 1082 | 4.6% | 0.8532 | 33.7% | 21.8 | 2.3 | 160 | - | 0.86 |" in \
+                                                  "export_seconds": 2.33, "wall_seconds": 160.2, "other_cpu_cores": 0.861,
+                                                  "launch_to_done_seconds": 121.6}}}}
+    assert "| ours (job defaults) | 80.9 | 1082 | 4.6% | 0.8532 | 33.7% | 21.8 | 2.3 | 122 | 160 | - | 0.86 |" in \
         table.contenders(report, "r.json")
     text = "before\n" + table.marked(report, "contenders", "bench/results/r.json") + "\nafter\n"
     [(shown, name, body)] = table.blocks_in(text)
@@ -113,6 +114,18 @@ def test_bench_runs_ours_and_seed_recipe_and_reports_every_figure(tiny_checkpoin
     assert runs["ours"][0]["train_examples"] == 96 and 0 <= s["ours"]["input_share_of_step"] < 1
     assert report["probe"]["tokenize"]["rows"] == 320 and report["summary"]["matmul_flops_median"] > 0
     assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"ours", "tokenize"}
+    # Whole process, launch to published outputs: each contender's, and ours split into phases that
+    # add up to it (the rest, outside every named phase, is "other" and small).
+    names = {t["target"] for t in report["targets"]}
+    assert {"seed recipe whole wall time / ours", "ours launch -> first optimizer step (s)"} <= names
+    parts = s["ours"]["phase_breakdown_seconds"]
+    for label in ("ours", "seed"):
+        assert 0 < s[label]["launch_to_first_step_seconds"] < s[label]["launch_to_done_seconds"]
+        assert s[label]["launch_to_done_seconds"] <= runs[label][0]["wall_seconds"]
+    assert sum(parts.values()) == pytest.approx(s["ours"]["launch_to_done_seconds"], abs=0.05)
+    assert all(v >= 0 for k, v in parts.items() if k != "other") and parts["imports"] > 0 and parts["first_step"] > 0
+    assert abs(parts["other"]) < 0.25 * s["ours"]["launch_to_done_seconds"]
+    assert runs["ours"][0]["checkpoint_saves"] >= 1 and parts["checkpoint_saves"] > 0
     assert "ours (job defaults)" in report["table"] and "seed recipe" in report["table"]
     assert report["probe"]["tokenize"]["path"].startswith("job.model.load_tokenizer + job.features.encode")
     # make bench ends with the READMEs' Markdown blocks of the file it wrote
@@ -120,6 +133,8 @@ def test_bench_runs_ours_and_seed_recipe_and_reports_every_figure(tiny_checkpoin
 
     printed = capsys.readouterr().out
     assert table.render(report, bench._shown(out)) in printed
+    assert set(parts) == set(table.PHASES)
+    assert "| **whole process** |" in table.phases(report, "r.json")
 
 
 def test_pytorch_contender_needs_neither_tensorflow_nor_the_job():
