@@ -247,3 +247,19 @@ def test_fresh_process_serves_raw_text_and_survives_bad_inputs(exported):
     assert set(got["bad"]) == {"empty", "1MB", "invalid_utf8"} and all(v in LABELS for v in got["bad"].values())
     empty = ids(**{k: tf.constant(v, tf.int32) for k, v in tok([""], return_tensors="np").items()})
     assert got["bad"]["empty"] == LABELS[int(empty["label_id"].numpy()[0])]
+
+
+def test_predict_uses_the_text_signature_at_the_runs_max_length(exported):
+    import dataclasses
+
+    from job import predict
+
+    staging, layout, _, texts = exported
+    (staging / "metrics.json").write_text(json.dumps({"outputs": layout}))
+    predictor = predict.load_predictor(staging)  # no max length given: the run's own (32)
+    assert predictor.kind == "saved_model_text" and predictor.max_length == 32
+    via_text = predict.predict_with(predictor, texts, None, batch_size=8, max_length=32)
+    via_ids = predict.predict_with(dataclasses.replace(predictor, text_probabilities=None), texts, None, 8, 32)
+    np.testing.assert_allclose(via_text, via_ids, atol=1e-5)
+    # Another length than the run's: the ids path, which truncates to what was asked.
+    assert predict.load_predictor(staging, 16).kind == "saved_model"
