@@ -139,6 +139,42 @@ def export_hf(model, tokenizer, path: Path) -> Path:
     return path
 
 
+def pt_state_dict(model) -> dict[str, np.ndarray] | str:
+    """The model's weights under PyTorch names and layouts, or the reason they cannot be converted.
+
+    The inverse of job.model._from_pt_safetensors: transformers' own TF->PyTorch name rule, dense
+    kernels transposed ([in, out] -> [out, in]); numpy only, so no torch in the job or its image."""
+    from transformers.modeling_tf_pytorch_utils import convert_tf_weight_name_to_pt_weight_name
+
+    out: dict[str, np.ndarray] = {}
+    scope = model.name + "/"
+    for w in model.weights:
+        # The rule drops the first name level (the model's scope), leaving "bert/..." and "classifier/...":
+        # the PyTorch class's names. A weight created outside the scope gets it first.
+        tf_name = w.name if w.name.startswith(scope) else scope + w.name
+        name, transpose = convert_tf_weight_name_to_pt_weight_name(tf_name, tf_weight_shape=w.shape)
+        if transpose.name not in ("NO", "SIMPLE"):
+            return f"weight {w.name} needs a {transpose.name} layout change, which is not converted"
+        value = np.asarray(w.numpy(), dtype=np.float32)
+        if name in out:
+            return f"two weights map to the PyTorch name {name}"
+        out[name] = np.ascontiguousarray(value.T if transpose.name == "SIMPLE" else value)
+    return out
+
+
+def export_pt_safetensors(model, path: Path) -> str | None:
+    """hf_model/model.safetensors in PyTorch naming (what from_pretrained in PyTorch, transformers 5
+    and Text Embeddings Inference read); returns the reason when it is not written."""
+    from safetensors.numpy import save_file
+
+    state = pt_state_dict(model)
+    if isinstance(state, str):
+        log.warning("no PyTorch-format model.safetensors: %s", state)
+        return state
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return None
+
+
 def text_serving(model, tokenizer, input_names: tuple[str, ...], max_length: int, texts: Sequence[str],
                  pairs: Sequence[str] | None) -> tuple[object | None, dict]:
     """(graph tokenizer or None, the record of why): the tokenizer is rebuilt in the graph, then kept
@@ -218,5 +254,7 @@ def export_all(model, tokenizer, input_names: tuple[str, ...], staging: Path, ma
         warm = {k: enc[k].astype(np.int32) for k in input_names}
     write_warmup(version / WARMUP, warm)
     export_hf(model, tokenizer, staging / HF_MODEL)
+    no_pt = export_pt_safetensors(model, staging / HF_MODEL)
     return {"saved_model": SAVED_MODEL, "hf_model": HF_MODEL, "serving": f"{SERVING}/{SERVING_VERSION}",
-            "signatures": signatures, "max_length": max_length, **record}
+            "signatures": signatures, "max_length": max_length, **record,
+            "pytorch_safetensors": no_pt is None, **({"pytorch_safetensors_reason": no_pt} if no_pt else {})}

@@ -11,10 +11,12 @@ import subprocess
 import sys
 import textwrap
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from job import export, serving
 
 MAX_LENGTHS = (24, 128)
@@ -263,3 +265,58 @@ def test_predict_uses_the_text_signature_at_the_runs_max_length(exported):
     np.testing.assert_allclose(via_text, via_ids, atol=1e-5)
     # Another length than the run's: the ids path, which truncates to what was asked.
     assert predict.load_predictor(staging, 16).kind == "saved_model"
+
+
+# -- the PyTorch-format copy, loaded by transformers on CPU torch in its own venv (built once, cached
+# under work/, like bench/'s: torch beside TensorFlow here would segfault)
+TORCH_VENV = ROOT / "work" / "venv-torch"
+TORCH_REQUIREMENTS = ("torch==2.13.0", "transformers==4.57.6", "safetensors", "numpy")
+
+TORCH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder, texts = sys.argv[1], json.loads(sys.argv[2])
+    model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = tok(texts, truncation=True, max_length=32, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model.eval()(**enc).logits
+    print(json.dumps({"logits": logits.tolist(), "info": {k: list(map(str, v)) for k, v in info.items()}}))
+""")
+
+
+def torch_python() -> Path | None:
+    python = TORCH_VENV / "bin" / "python"
+    marker = TORCH_VENV / ".installed"
+    if marker.is_file() and marker.read_text().split() == list(TORCH_REQUIREMENTS):
+        return python
+    base = getattr(sys, "_base_executable", sys.executable)
+    made = subprocess.run([base, "-m", "venv", str(TORCH_VENV)], capture_output=True, text=True)
+    made = made.returncode == 0 and subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *TORCH_REQUIREMENTS], capture_output=True, text=True)
+    if not made or made.returncode != 0:
+        print(f"cannot build {TORCH_VENV}: {(made.stderr if made else '')[-500:]}")
+        return None
+    marker.write_text("\n".join(TORCH_REQUIREMENTS) + "\n")
+    return python
+
+
+def test_pytorch_copy_gives_the_saved_models_logits(exported):
+    import tensorflow as tf
+
+    staging, layout, tok, texts = exported
+    assert layout["pytorch_safetensors"] is True and (staging / "hf_model" / "model.safetensors").is_file()
+    python = torch_python()
+    if python is None:
+        pytest.skip("CPU torch could not be installed (see the printed reason)")
+    proc = subprocess.run([str(python), "-c", TORCH_SCRIPT, str(staging / "hf_model"), json.dumps(texts)],
+                          capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT / "work")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(not v for v in got["info"].values()), got["info"]  # no missing, unexpected or reshaped weights
+    ids = tf.saved_model.load(str(staging / "saved_model")).signatures["serve_token_ids"]
+    enc = tok(texts, truncation=True, max_length=32, padding=True, return_tensors="np")
+    want = ids(**{k: tf.constant(v, tf.int32) for k, v in enc.items()})["logits"].numpy()
+    np.testing.assert_allclose(np.array(got["logits"]), want, atol=1e-4)
