@@ -115,7 +115,7 @@ def train(
 
 def _score_config(model: str, data: str, output: str | None, needs_output: bool, text_column: str,
                   text_pair_column: str | None, label_column: str, header: bool, data_format: str, batch_size: int,
-                  max_length: int):
+                  max_length: int | None):
     from job.config import DataConfig, ScoreConfig
 
     return ScoreConfig(model=model, data=data, output=output or None, needs_output=needs_output,
@@ -131,7 +131,7 @@ PairOpt = Annotated[Optional[str], typer.Option(envvar="FT_TEXT_PAIR_COLUMN", he
 HeaderOpt = Annotated[bool, typer.Option(envvar="FT_HEADER", help="CSV/TSV files start with a header row.")]
 FormatOpt = Annotated[str, typer.Option("--format", envvar="FT_FORMAT", help="auto, csv, tsv, jsonl or parquet.")]
 BatchOpt = Annotated[int, typer.Option(envvar="FT_BATCH_SIZE", help="Rows per prediction batch.")]
-LengthOpt = Annotated[int, typer.Option(envvar="FT_MAX_LENGTH", help="Truncate texts to this many tokens.")]
+LengthOpt = Annotated[Optional[int], typer.Option(envvar="FT_MAX_LENGTH", help="Truncate texts to this many tokens (default: the run's training max length).")]
 
 
 @app.command()
@@ -140,7 +140,7 @@ def predict(
     data: DataOpt = "",
     output: Annotated[str, typer.Option(envvar="FT_PREDICTIONS", help="Predictions file (.jsonl or .csv), local or gs://.")] = "",
     text_column: TextOpt = "text", text_pair_column: PairOpt = None, header: HeaderOpt = True,
-    data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = 128,
+    data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = None,
 ) -> None:
     """Predict a label and class probabilities for every row of DATA with a trained run."""
 
@@ -163,7 +163,7 @@ def evaluate(
     output: Annotated[str, typer.Option(envvar="FT_EVALUATION", help="Also write the metrics JSON here (local or gs://).")] = "",
     text_column: TextOpt = "text", text_pair_column: PairOpt = None,
     label_column: Annotated[str, typer.Option(envvar="FT_LABEL_COLUMN", help="Label column (class names of the model).")] = "label",
-    header: HeaderOpt = True, data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = 128,
+    header: HeaderOpt = True, data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = None,
 ) -> None:
     """Score a trained run on a labelled file: the same metrics as training's evaluation."""
 

@@ -68,7 +68,26 @@ def main() -> int:
           f"on {final['examples']} rows; confusion {final['confusion_matrix']['rows_true_cols_predicted']}")
     print("phases (s): " + ", ".join(f"{k} {v}" for k, v in metrics["phases_seconds"].items()))
     print(f"published to {output} (in the emulator, gone when it stops); copied to {local}")
+    print_prediction(local, metrics)
     return 0
+
+
+DEMO_TEXT = "The acting was wonderful and the story clever."
+
+
+def print_prediction(run: Path, metrics: dict) -> None:
+    """One prediction through the published run's text signature, as TF Serving would make it."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the in-graph tokenizer's ops)
+
+    outputs = metrics.get("outputs", {})
+    if not outputs.get("text_signatures"):
+        print(f"no text signature in this run ({outputs.get('reason')}): serving_default takes token ids")
+        return
+    serve = tf.saved_model.load(str(run / outputs["serving"])).signatures["serving_default"]
+    out = serve(text=tf.constant([DEMO_TEXT]))
+    probs = ", ".join(f"{n} {p:.4f}" for n, p in zip(metrics["data"]["labels"], out["probabilities"].numpy()[0]))
+    print(f"serving_default(text={DEMO_TEXT!r}) -> label {out['label'].numpy()[0].decode()} ({probs})")
 
 
 if __name__ == "__main__":

@@ -289,7 +289,8 @@ class ScoreConfig:
     output: str | None
     rows: DataConfig
     batch_size: int = 64
-    max_length: int = 128
+    # None: the run's own training max_length (its metrics.json), 128 for a run that does not say.
+    max_length: int | None = None
     needs_output: bool = False  # predict writes a file; evaluate's file is optional
 
     def __post_init__(self) -> None:

@@ -127,10 +127,23 @@ def _card(metrics: dict, run_uri: str | None, plots: Sequence[str]) -> str:
         local = "./" + where.rsplit("/", 1)[-1]
         lines += [f"Copy the run locally first: `gcloud storage cp -r {where} .` (then use `{local}`).", ""]
         where = local
-    lines += ["SavedModel (TF Serving, Vertex AI; no transformers needed to run it, only for the tokenizer):", "",
+    outputs = metrics.get("outputs", {})
+    ids_signature = "serving_default"
+    if outputs.get("text_signatures"):
+        ids_signature = "serve_token_ids"
+        parity = outputs.get("parity", {})
+        lines += ["SavedModel from raw text (the tokenizer runs in the graph; it gave the training tokenizer's ids "
+                  f"on {_num(parity.get('identical'))}/{_num(parity.get('rows'))} validation rows). TF Serving, "
+                  f"KServe and Vertex AI load `{where}/serving` (version folder `{outputs.get('serving', 'serving/1')}`):",
+                  "", "```python", "import tensorflow as tf", "import tensorflow_text  # registers the tokenizer ops",
+                  "", f'serve = tf.saved_model.load("{where}/saved_model").signatures["serving_default"]',
+                  'out = serve(text=tf.constant(["a text"]))  # probabilities, logits, label, label_id', "```", ""]
+    elif outputs.get("reason"):
+        lines += [f"Only token-id signatures were exported ({_cell(outputs['reason'])}): tokenize in the client.", ""]
+    lines += ["SavedModel from token ids (TF Serving, Vertex AI; no transformers needed to run it, only for the tokenizer):", "",
               "```python", "import tensorflow as tf", "from transformers import AutoTokenizer", "",
               f'tokenizer = AutoTokenizer.from_pretrained("{where}/hf_model")',
-              f'serve = tf.saved_model.load("{where}/saved_model").signatures["serving_default"]',
+              f'serve = tf.saved_model.load("{where}/saved_model").signatures["{ids_signature}"]',
               "names = serve.structured_input_signature[1]  # input_ids, attention_mask[, token_type_ids]",
               f'enc = tokenizer(["a text"], padding=True, truncation=True, max_length={max_length or 128},',
               '                return_tensors="np")',

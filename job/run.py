@@ -134,7 +134,9 @@ def _run(cfg: JobConfig, preemption: training.Preemption, hooks: Hooks) -> dict 
             hooks.on_trained(trained)
         final = evaluate(trained, inputs, timer)
         with timer("export"):
-            layout = export.export_all(model, inputs.tokenizer, feats.train.names, staging)
+            val = inputs.data.validation
+            layout = export.export_all(model, inputs.tokenizer, feats.train.names, staging, cfg.model.max_length,
+                                       val.texts, val.pairs)
         metrics = report.run_metrics(cfg, identity.fingerprint, timer, inputs.data, trained, final, layout)
         write_outputs(staging, cfg, metrics, board.learning_rates, timer)
         if not runtime.topology.is_chief:

@@ -36,7 +36,8 @@ def test_local_run_publishes_the_documented_layout(local_run):
     assert {n for n in names if n.startswith(".finetune-job/")} == {".finetune-job/lock"}
     names = {n for n in names if not n.startswith(".finetune-job/")}
     assert {"manifest.json", "metrics.json", "saved_model/saved_model.pb", "hf_model/config.json",
-            "hf_model/tf_model.h5", "hf_model/tokenizer.json"} <= names
+            "hf_model/tf_model.h5", "hf_model/tokenizer.json", "serving/1/saved_model.pb",
+            "serving/1/assets.extra/tf_serving_warmup_requests"} <= names
     manifest = json.loads((out / "manifest.json").read_text())
     listed = {f["path"]: f for f in manifest["files"]}
     assert set(listed) == names - {"manifest.json"}
@@ -73,7 +74,16 @@ def test_saved_model_serves_the_same_predictions_as_the_keras_model(local_run):
     texts = ["The film was wonderful.", "The plot? Utterly dull.", "I found the cast rather clever and funny."]
     enc = tok(texts, padding=True, return_tensors="np")
     expected = keras_model({k: tf.constant(v) for k, v in enc.items()}, training=False).logits.numpy()
-    serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
+    import tensorflow_text  # noqa: F401  (the text signatures' ops)
+
+    loaded = tf.saved_model.load(str(out / "saved_model"))
+    serve = loaded.signatures["serve_token_ids"]
+    # The toy validation texts tokenize identically in the graph: raw text is served too.
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["outputs"]["text_signatures"] is True and m["outputs"]["parity"]["share"] == 1.0
+    by_text = loaded.signatures["serving_default"](text=tf.constant(texts))
+    np.testing.assert_allclose(by_text["logits"].numpy(), expected, atol=1e-5)
+    assert [x.decode() for x in by_text["label"].numpy()] == ["positive", "negative", "positive"]
     assert {t.name.split(":")[0] for t in serve.inputs if t.dtype == tf.int32} == {
         "input_ids", "attention_mask", "token_type_ids"}
     got = serve(**{k: tf.constant(v, tf.int32) for k, v in enc.items()})

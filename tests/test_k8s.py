@@ -44,6 +44,7 @@ CLUSTER_VARS = ("FT_NUM_WORKERS", "FT_WORKER_SERVICE", "FT_WORKER_PORT", "FT_WOR
 VERTEX = K8S / "examples" / "vertex-custom-job.yaml"
 TFJOB = "examples/tfjob"
 MULTI = "overlays/multi-node"
+SERVING = "examples/serving"
 
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) is not installed")
 
@@ -591,8 +592,10 @@ def test_bucket_paths_and_gpu_count_are_each_set_in_one_place():
     sources = [p for p in K8S.rglob("*") if p.is_file() and p.suffix in (".yaml", ".env")]
     with_bucket = [p for p in sources
                    if re.search(r"^[^#]*gs://", p.read_text(), re.MULTILINE)]
+    # The serving examples name one published run's folder (not a setting of the job), once per file.
     assert sorted(p.relative_to(K8S).as_posix() for p in with_bucket) == [
-        "base/job.env", "examples/vertex-custom-job.yaml"]
+        "base/job.env", "examples/serving/inferenceservice.yaml", "examples/serving/tf-serving.yaml",
+        "examples/vertex-custom-job.yaml"]
     with_gpu_count = [p for p in sources if re.search(r"^[^#]*nvidia\.com/gpu:\s*\d", p.read_text(), re.MULTILINE)]
     assert [p.relative_to(K8S).as_posix() for p in with_gpu_count] == ["base/job.yaml"]
 
@@ -611,6 +614,8 @@ def test_gpu_overlays_ask_for_gpu_nodes_and_the_smoke_test_does_not(rendered):
 
 def test_service_account_is_bound_for_workload_identity(rendered):
     for name, docs in rendered.items():
+        if name == SERVING:  # no job pod; it reuses the base's account (its own test checks that)
+            continue
         accounts = by_kind(docs, "ServiceAccount")
         specs = tfjob_pods(docs).values() if name == TFJOB else [pod_spec(workload(docs))]
         for spec in specs:
@@ -626,3 +631,32 @@ def test_kustomizations_use_only_current_fields(path):
     k = yaml.safe_load((path / "kustomization.yaml").read_text())
     deprecated = {"commonLabels", "patchesStrategicMerge", "patchesJson6902", "bases", "vars", "imageTags"}
     assert not deprecated & set(k), f"deprecated kustomize fields: {sorted(deprecated & set(k))}"
+
+
+def isvc_account(docs: list[dict]) -> str:
+    return by_kind(docs, "InferenceService")["finetune-classifier"]["spec"]["predictor"]["serviceAccountName"]
+
+
+def test_serving_examples_are_valid_and_point_at_the_runs_serving_folder(rendered):
+    docs = rendered[SERVING]
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "InferenceService"}
+    errors = [e for doc in docs if doc["kind"] != "InferenceService" for e in schema_errors(doc)]
+    assert not errors, "\n".join(errors)
+    base = "/serving"  # job.export.SERVING (not imported: it loads TensorFlow)
+    deployment = by_kind(docs, "Deployment")["finetune-classifier"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = dict(a.lstrip("-").split("=", 1) for a in container["args"])
+    assert args["model_base_path"].endswith(base) and args["rest_api_port"] == "8501"
+    # It reads the bucket as the job's Workload Identity account, which k8s/base creates.
+    accounts = by_kind(rendered["base"], "ServiceAccount")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] in accounts
+    assert isvc_account(docs) in accounts
+    service = by_kind(docs, "Service")["finetune-classifier"]
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {p["name"] for p in container["ports"]}
+    # KServe's CRD: the v1beta1 shape its webhook accepts - a TensorFlow model at the serving/ folder.
+    isvc = by_kind(docs, "InferenceService")["finetune-classifier"]
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"] == {"name": "tensorflow"} and model["storageUri"].endswith(base)
+    assert model["storageUri"].startswith("gs://") and args["model_base_path"] == model["storageUri"]
