@@ -105,8 +105,11 @@ def load_classifier(path: Path, kind: str, label_names: tuple[str, ...]):
         # deprecation) are expected for a new head: DEBUG only; _log_loading says it in one line.
         with logs.demoted(_LOADING_LOGGERS, _LOADING_NOTICES):
             if kind == "tf":
+                # use_safetensors=False: a published run's hf_model/ also holds a PyTorch model.safetensors,
+                # which transformers 4.57's TF loader would prefer and fail on (see the module docstring).
                 model, info = TFAutoModelForSequenceClassification.from_pretrained(
-                    str(path), config=config, ignore_mismatched_sizes=True, output_loading_info=True)
+                    str(path), config=config, ignore_mismatched_sizes=True, output_loading_info=True,
+                    use_safetensors=False)
             else:
                 model, info = _from_pt_safetensors(path, config)
     except ValueError as exc:

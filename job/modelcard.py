@@ -151,7 +151,8 @@ def _card(metrics: dict, run_uri: str | None, plots: Sequence[str]) -> str:
               "```", "",
               "Keras model (set `TF_USE_LEGACY_KERAS=1` before importing TensorFlow; transformers 4.x):", "",
               "```python", "from transformers import AutoTokenizer, TFAutoModelForSequenceClassification", "",
-              f'model = TFAutoModelForSequenceClassification.from_pretrained("{where}/hf_model")',
+              f'model = TFAutoModelForSequenceClassification.from_pretrained("{where}/hf_model", use_safetensors=False)',
+              "# (model.safetensors beside tf_model.h5 is the PyTorch copy: AutoModelForSequenceClassification)",
               f'tokenizer = AutoTokenizer.from_pretrained("{where}/hf_model")',
               "# model.config.id2label maps class ids to the names above", "```", ""]
 

@@ -130,7 +130,8 @@ def load_predictor(model_dir: Path, max_length: int | None = None) -> Predictor:
 
     from transformers import TFAutoModelForSequenceClassification
 
-    clf = TFAutoModelForSequenceClassification.from_pretrained(str(hf_dir))
+    # tf_model.h5, not the PyTorch model.safetensors beside it (transformers 4.57's TF loader fails on it).
+    clf = TFAutoModelForSequenceClassification.from_pretrained(str(hf_dir), use_safetensors=False)
     inputs = tuple(token_names)
 
     @tf.function(reduce_retracing=True)

@@ -107,7 +107,7 @@ def graph_tokenizer(tokenizer, max_length: int):
             return Unsupported(f"WordPiece with normalizer {norm.get('type')} and pre-tokenizer {pre.get('type')}: "
                                "only BertNormalizer + BertPreTokenizer are reproduced in the graph")
         return GraphTokenizer(WordPieceSteps(spec, tokenizer.get_vocab()), template, max_length,
-                              tokenizer.pad_token_id or 0)
+                              tokenizer.pad_token_id or 0, spec.get("added_tokens") or ())
     if model.get("type") == "Unigram":
         model_file = Path(getattr(tokenizer, "vocab_file", None) or "")
         if not model_file.is_file() or model_file.suffix != ".model":
@@ -116,7 +116,7 @@ def graph_tokenizer(tokenizer, max_length: int):
         if isinstance(kinds, str):
             return Unsupported(kinds)
         return GraphTokenizer(SentencePieceSteps(model_file.read_bytes(), tokenizer, kinds), template, max_length,
-                              tokenizer.pad_token_id or 0)
+                              tokenizer.pad_token_id or 0, spec.get("added_tokens") or ())
     return Unsupported(f"{model.get('type')} tokenizers (e.g. byte-level BPE) are not reproduced by tensorflow-text")
 
 
@@ -220,23 +220,58 @@ class SentencePieceSteps(tf.Module):
 class GraphTokenizer(tf.Module):
     """Tokenize, truncate (longest_first), add special tokens, pad: [batch] strings -> int32 model inputs."""
 
-    def __init__(self, steps, template: tuple[list, list], max_length: int, pad_id: int):
+    def __init__(self, steps, template: tuple[list, list], max_length: int, pad_id: int,
+                 added_tokens: Sequence[dict] = ()):
         super().__init__()
         self.steps = steps
         self.single, self.pair = template
         self.max_length = int(max_length)
         self.pad_id = int(pad_id)
+        # Added tokens ([CLS], <mask>, ...) typed in a text are one token each, found in the raw text
+        # before anything else runs, as tokenizers does; lstrip/rstrip ones take the whitespace beside them.
+        tokens = sorted((t for t in added_tokens if t.get("content")), key=lambda t: -len(t["content"]))
+        self.added_pattern = "|".join(
+            (f"[{_WHITESPACE}]*" if t.get("lstrip") else "") + _re2_escape(t["content"])
+            + (f"[{_WHITESPACE}]*" if t.get("rstrip") else "") for t in tokens) or None
+        if self.added_pattern:
+            self.added = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+                tf.constant([t["content"] for t in tokens]), tf.constant([int(t["id"]) for t in tokens], tf.int64)),
+                default_value=-1)
+
+    def encode(self, text: tf.Tensor) -> tf.RaggedTensor:
+        """[batch] strings -> [batch, (ids)] without special tokens or truncation."""
+        if self.added_pattern is None:
+            return self.steps(text)
+        # Only rows holding an added token are split around it (the others get "" there, and the
+        # split rows "" here): regex_split cuts a piece at a NUL byte, so in those rows NUL becomes
+        # U+FFFD, which BertNormalizer drops just as it drops NUL.
+        has_added = tf.strings.regex_full_match(text, f"(?s).*(?:{self.added_pattern}).*")
+        direct = self.steps(tf.where(has_added, "", text))
+        split = self._split(tf.where(has_added, tf.strings.regex_replace(text, r"\x00", "\ufffd"), ""))
+        return tf.concat([direct, split], axis=1)
+
+    def _split(self, text: tf.Tensor) -> tf.RaggedTensor:
+        pieces = _tf_text().regex_split(text, self.added_pattern, self.added_pattern)  # [batch, (pieces)]
+        flat = pieces.flat_values
+        added_id = self.added.lookup(tf.strings.regex_replace(flat, f"^[{_WHITESPACE}]+|[{_WHITESPACE}]+$", ""))
+        is_added = added_id >= 0
+        # An added token's piece tokenizes as "" (no ids) and gets its one id appended: cheap row-wise ops.
+        ids = self.steps(tf.where(is_added, "", flat))  # [pieces, (ids)]
+        one = tf.RaggedTensor.from_row_lengths(tf.boolean_mask(added_id, is_added), tf.cast(is_added, tf.int64),
+                                               validate=False)
+        ids = tf.concat([ids, one], axis=1)
+        return tf.RaggedTensor.from_row_splits(ids, pieces.row_splits, validate=False).merge_dims(1, 2)
 
     def __call__(self, text: tf.Tensor, text_pair: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         text = _valid_utf8(text)
-        a = self.steps(text)
+        a = self.encode(text)
         if text_pair is None:
             template = self.single
             budget = max(self.max_length - sum(1 for p, _ in template if p not in ("A", "B")), 0)
             segments = {"A": a[:, :budget]}
         else:
             template = self.pair
-            b = self.steps(_valid_utf8(text_pair))
+            b = self.encode(_valid_utf8(text_pair))
             budget = max(self.max_length - sum(1 for p, _ in template if p not in ("A", "B")), 0)
             n1, n2 = _longest_first(a.row_lengths(), b.row_lengths(), budget)
             segments = {"A": _truncate(a, n1), "B": _truncate(b, n2)}
@@ -251,6 +286,10 @@ class GraphTokenizer(tf.Module):
         return {"input_ids": tf.cast(ids.to_tensor(self.pad_id), tf.int32),
                 "attention_mask": tf.cast(tf.ones_like(ids).to_tensor(0), tf.int32),
                 "token_type_ids": tf.cast(types.to_tensor(0), tf.int32)}
+
+
+def _re2_escape(literal: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "\\" + c if c.isascii() else c for c in literal)
 
 
 def _valid_utf8(text: tf.Tensor) -> tf.Tensor:

@@ -69,7 +69,7 @@ def test_saved_model_serves_the_same_predictions_as_the_keras_model(local_run):
 
     out, _ = local_run
     tok = AutoTokenizer.from_pretrained(str(out / "hf_model"))
-    keras_model = TFAutoModelForSequenceClassification.from_pretrained(str(out / "hf_model"))
+    keras_model = TFAutoModelForSequenceClassification.from_pretrained(str(out / "hf_model"), use_safetensors=False)
     assert keras_model.config.id2label == {0: "negative", 1: "positive"}
     texts = ["The film was wonderful.", "The plot? Utterly dull.", "I found the cast rather clever and funny."]
     enc = tok(texts, padding=True, return_tensors="np")

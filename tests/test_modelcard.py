@@ -29,7 +29,7 @@ def test_card_names_data_settings_and_how_to_load():
     assert "| learning_rate | 3e-05 |" in card and "| epochs | 4 |" in card and "| max_length (tokens) | 64 |" in card
     assert "gcloud storage cp -r gs://out/runs/r7 ." in card
     assert 'tf.saved_model.load("./r7/saved_model").signatures["serving_default"]' in card
-    assert 'TFAutoModelForSequenceClassification.from_pretrained("./r7/hf_model")' in card
+    assert 'TFAutoModelForSequenceClassification.from_pretrained("./r7/hf_model", use_safetensors=False)' in card
     assert "![loss](plots/loss.png)" in card
     assert "## Intended use" in card and "## Limitations" in card and "truncated to 64 tokens" in card
 
