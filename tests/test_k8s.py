@@ -51,6 +51,7 @@ TFJOB = "examples/tfjob"
 MULTI = "overlays/multi-node"
 JOBSET = "overlays/jobset"
 KUEUE = "examples/kueue"
+KUEUE_FLEX = "examples/kueue-flex-start"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) is not installed")
@@ -638,7 +639,7 @@ def test_gpu_overlays_ask_for_gpu_nodes_and_the_smoke_test_does_not(rendered):
 
 def test_service_account_is_bound_for_workload_identity(rendered):
     for name, docs in rendered.items():
-        if name == KUEUE:
+        if name in (KUEUE, KUEUE_FLEX):
             continue  # cluster-wide queue objects, no pods
         accounts = by_kind(docs, "ServiceAccount")
         specs = tfjob_pods(docs).values() if name == TFJOB else [pod_spec(workload(docs))]
@@ -706,20 +707,35 @@ def test_every_overlay_submits_to_the_one_local_queue(rendered):
     assert stating == ["components/kueue/kustomization.yaml"]
 
 
-def test_kueue_example_queue_admits_every_overlay(rendered):
-    docs = rendered[KUEUE]
-    assert {d["kind"] for d in docs} == {"ResourceFlavor", "ClusterQueue", "LocalQueue"}
+@pytest.mark.parametrize("example", [KUEUE, KUEUE_FLEX])
+def test_kueue_example_queue_admits_every_overlay(rendered, example):
+    docs = rendered[example]
+    assert {d["kind"] for d in docs} - {"ProvisioningRequestConfig", "AdmissionCheck"} == {
+        "ResourceFlavor", "ClusterQueue", "LocalQueue"}
     for d in docs:
         assert d["apiVersion"] == "kueue.x-k8s.io/v1beta1" and re.fullmatch(DNS1123, d["metadata"]["name"]), d
     fields = {"ResourceFlavor": {"nodeLabels", "nodeTaints", "tolerations", "topologyName"},
               "ClusterQueue": {"resourceGroups", "cohort", "queueingStrategy", "namespaceSelector",
                                "flavorFungibility", "preemption", "admissionChecks", "admissionChecksStrategy",
                                "stopPolicy", "fairSharing"},
-              "LocalQueue": {"clusterQueue", "stopPolicy", "fairSharing"}}
+              "LocalQueue": {"clusterQueue", "stopPolicy", "fairSharing"},
+              "ProvisioningRequestConfig": {"provisioningClassName", "managedResources", "parameters",
+                                            "retryStrategy", "podSetMergePolicy", "podSetUpdates"},
+              "AdmissionCheck": {"controllerName", "parameters", "retryDelayMinutes"}}
     for d in docs:
-        assert set(d["spec"]) <= fields[d["kind"]], f"{d['kind']}: unknown fields {set(d['spec']) - fields[d['kind']]}"
+        assert set(d.get("spec", {})) <= fields[d["kind"]], f"{d['kind']}: unknown fields {set(d['spec']) - fields[d['kind']]}"
     flavors, (cq,), (lq,) = (list(by_kind(docs, k).values()) for k in ("ResourceFlavor", "ClusterQueue", "LocalQueue"))
     assert lq["spec"]["clusterQueue"] == cq["metadata"]["name"]
+    assert lq["metadata"]["name"] == workload(rendered["overlays/job"])["metadata"]["labels"][QUEUE_LABEL]
+    checks = by_kind(docs, "AdmissionCheck")
+    assert set(cq["spec"].get("admissionChecks", [])) == set(checks)
+    for check in checks.values():
+        assert check["spec"]["controllerName"] == "kueue.x-k8s.io/provisioning-request"
+        ref = check["spec"]["parameters"]
+        assert ref["apiGroup"] == "kueue.x-k8s.io" and ref["kind"] == "ProvisioningRequestConfig"
+        config = by_kind(docs, "ProvisioningRequestConfig")[ref["name"]]
+        assert config["spec"]["provisioningClassName"] == "queued-provisioning.gke.io"
+        assert config["spec"]["managedResources"] == ["nvidia.com/gpu"]
     assert cq["spec"]["queueingStrategy"] in ("BestEffortFIFO", "StrictFIFO")
     assert cq["spec"]["namespaceSelector"] == {} or "matchLabels" in cq["spec"]["namespaceSelector"]
     flavor_names = {f["metadata"]["name"] for f in flavors}
@@ -731,7 +747,8 @@ def test_kueue_example_queue_admits_every_overlay(rendered):
             assert [r["name"] for r in flavor["resources"]] == covered, "every covered resource, in order"
             for r in flavor["resources"]:
                 quota[r["name"]] = quota.get(r["name"], 0) + quantity(r["nominalQuota"])
-    gpu_flavor = next(f for f in flavors if "nvidia.com/gpu" in str(f))
+    (gpu_flavor,) = [f for g in cq["spec"]["resourceGroups"] if "nvidia.com/gpu" in g["coveredResources"]
+                     for f in flavors if f["metadata"]["name"] in {x["name"] for x in g["flavors"]}]
     for name in [i for i in IDS if i != "base"]:
         obj = workload(rendered[name])
         pod = pod_spec(obj)
@@ -742,8 +759,9 @@ def test_kueue_example_queue_admits_every_overlay(rendered):
             # All pods at once (Kueue admits the gang whole): the quota must fit the largest gang.
             assert quantity(value) * pods_of(obj) <= quota[res], f"{name}: {res} x {pods_of(obj)} pods > quota"
         if "nvidia.com/gpu" in requests:
-            assert gpu_flavor["spec"]["nodeLabels"].items() <= pod["nodeSelector"].items(), name
-            assert all(t in pod["tolerations"] for t in gpu_flavor["spec"]["tolerations"]), name
+            spec = gpu_flavor.get("spec", {})
+            assert spec.get("nodeLabels", {}).items() <= pod["nodeSelector"].items(), name
+            assert all(t in pod["tolerations"] for t in spec.get("tolerations", [])), name
 
 
 def test_kueue_waits_for_all_pods_less_long_than_the_workers_wait_for_each_other():
@@ -859,3 +877,26 @@ def test_a_jobset_structure_error_would_be_caught(rendered):
 
 def test_indexed_job_replaces_a_worker_only_once_it_has_terminated(rendered):
     assert workload(rendered[MULTI])["spec"]["podReplacementPolicy"] == "Failed"
+
+
+# --------------------------------------------------------------------------------------------
+# Spot and flex-start capacity
+
+SPOT_NOTICE = 15  # seconds GKE gives a preempted Spot pod (graceful node shutdown, non-system pods)
+
+
+@pytest.mark.parametrize("name,label,taint", [("overlays/spot", "cloud.google.com/gke-spot", "cloud.google.com/gke-spot"),
+                                              ("overlays/flex-start", "cloud.google.com/gke-flex-start",
+                                               "cloud.google.com/gke-queued")])
+def test_spot_and_flex_start_run_the_job_pod_on_their_capacity(rendered, name, label, taint):
+    pod = pod_spec(workload(rendered[name]))
+    job = copy.deepcopy(pod_spec(workload(rendered["overlays/job"])))
+    assert pod["nodeSelector"] == {**job["nodeSelector"], label: "true"}
+    (extra,) = [t for t in pod["tolerations"] if t not in job["tolerations"]]
+    assert extra["key"] == taint and extra["effect"] == "NoSchedule"
+    # Within the notice (a longer grace period is cut to it on Spot); the measured budget that must
+    # fit in it is asserted in tests/test_preemption_budget.py.
+    assert 0 < pod["terminationGracePeriodSeconds"] <= SPOT_NOTICE
+    for key in ("nodeSelector", "tolerations", "terminationGracePeriodSeconds"):
+        pod.pop(key), job.pop(key)
+    assert pod == job, "otherwise the pod of overlays/job"
