@@ -217,6 +217,18 @@ class Checkpointing(tf.keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._saved_at = self._step()
+        if not getattr(self, "_budget_logged", False):
+            self._log_preemption_budget()
+
+    def _log_preemption_budget(self) -> None:
+        """Save once before the first step and log what it took: the operator's preemption budget on
+        this hardware and storage (k8s/README.md, "Spot and flex-start")."""
+        self._budget_logged = True
+        self.store.save(self.checkpoint, self._step(), self.history)
+        seconds, size = self.store.last_save
+        if self.store.enabled:
+            log.info("preemption budget: a checkpoint save takes %.2f s here (%.1f MB); the pod's "
+                     "terminationGracePeriodSeconds must cover it plus one training step", seconds, size / 1e6)
 
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
