@@ -223,7 +223,7 @@ def known_envvars() -> set[str]:
     """FT_* names the container may be given: options of the group (logging) and of `train`, and the
     cluster variables job/distribution.py reads."""
     group = cli()
-    params = [*group.params, *group.commands["train"].params]
+    params = [*group.params, *group.commands["train"].params, *group.commands["sweep-trial"].params]
     source = (ROOT / "job" / "distribution.py").read_text()
     assert all(f'"{v}"' in source for v in CLUSTER_VARS), "job/distribution.py no longer reads these names"
     return {p.envvar for p in params if isinstance(p.envvar, str)} | set(CLUSTER_VARS)
@@ -312,7 +312,24 @@ def test_settings_and_args_are_accepted_by_the_real_cli(rendered, name, monkeypa
     docs = rendered[name]
     (container,) = pod_spec(workload(docs))["containers"]
     env = container_env(docs, container)
+    if container["args"] == ["sweep-trial"]:
+        trials = sweep_trials(docs, env)
+        for trial_env, run_id in trials:
+            check_settings(trial_env, ["train"], run_id, monkeypatch)
+        assert len(trials) >= 2
+        return
     check_settings(env, list(container["args"]), SAMPLE_JOB_NAME, monkeypatch)
+
+
+def sweep_trials(docs: list[dict], env: dict[str, str]) -> list[tuple[dict, str]]:
+    """(environment of `train`, run id) for each trial, as `entrypoint.py sweep-trial` builds them."""
+    from job import sweep
+
+    spec = sweep.parse(env["FT_SWEEP"], env["FT_RUN_ID"])
+    assert job_spec(workload(docs))["completions"] == len(spec.trials), "one pod per trial"
+    drop = ("FT_PROMOTE_IF_BETTER", "FT_FORCE_PROMOTION", "FT_SWEEP")
+    return [({**{k: v for k, v in env.items() if k not in drop}, **sweep.trial_env(spec, i)}, sweep.trial_id(spec, i))
+            for i in range(len(spec.trials))]
 
 
 def test_a_bad_setting_would_be_rejected_by_that_check(monkeypatch):
@@ -378,6 +395,10 @@ def test_nightly_runs_promote_only_if_better_and_one_off_runs_never(rendered, mo
             cfg = check_settings(env, list(container["args"]), SAMPLE_JOB_NAME, monkeypatch)
             assert parse_promote_spec(cfg.output.promote_if_better) == ("accuracy", 0.002)
             assert not cfg.output.force_promotion
+        elif name == "overlays/sweep":
+            # The sweep promotes its best trial once (job/sweep.py); its trials never promote.
+            assert parse_promote_spec(env["FT_PROMOTE_IF_BETTER"]) == ("accuracy", 0.002)
+            assert all("FT_PROMOTE_IF_BETTER" not in e for e, _ in sweep_trials(docs, env))
         else:
             assert "FT_PROMOTE_IF_BETTER" not in env, f"{name} would move the champion"
 
@@ -900,3 +921,25 @@ def test_spot_and_flex_start_run_the_job_pod_on_their_capacity(rendered, name, l
     for key in ("nodeSelector", "tolerations", "terminationGracePeriodSeconds"):
         pod.pop(key), job.pop(key)
     assert pod == job, "otherwise the pod of overlays/job"
+
+
+# --------------------------------------------------------------------------------------------
+# Hyper-parameter sweep: an Indexed Job of trials
+
+def test_sweep_is_an_indexed_job_of_one_pod_per_trial_each_with_its_own_run(rendered):
+    docs = rendered["overlays/sweep"]
+    job = workload(docs)
+    spec = job["spec"]
+    (container,) = pod_spec(job)["containers"]
+    env = container_env(docs, container, job["metadata"]["name"])
+    assert container["args"] == ["sweep-trial"] and spec["completionMode"] == "Indexed"
+    assert 1 <= spec["parallelism"] <= spec["completions"]
+    assert spec["podReplacementPolicy"] == "Failed"
+    trials = sweep_trials(docs, env)
+    run_ids = [r for _, r in trials]
+    assert run_ids == [f"{job['metadata']['name']}-{i}" for i in range(len(trials))]
+    assert all(len(r) <= 63 for r in run_ids)
+    # The trials differ only in the sweep's settings.
+    varied = {k for e, _ in trials for k in e if k != "FT_RUN_ID" and e[k] != trials[0][0].get(k)}
+    assert varied and varied <= {"FT_LEARNING_RATE", "FT_EPOCHS", "FT_SEED", "FT_WARMUP_RATIO", "FT_WEIGHT_DECAY",
+                                 "FT_PER_REPLICA_BATCH_SIZE"}
