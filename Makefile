@@ -79,3 +79,7 @@ BENCH_ARGS ?=
 
 bench: setup ## Speed benchmark: ours vs the seed recipe vs PyTorch Trainer on SST-2 (15-25 min; BENCH_ARGS='--no-torch')
 	$(PY) -m bench.bench $(BENCH_ARGS)
+
+.PHONY: preemption-budget
+preemption-budget: setup ## SIGTERM-to-exit-75 budget of the packaged MiniLM, local and gs:// emulator -> bench/results/preemption.json (~5 min)
+	$(PY) -m bench.preemption
