@@ -47,3 +47,17 @@ def test_sigterm_during_training_exits_75_with_a_durable_checkpoint_within_the_g
     assert r["saved_step"] is not None and r["saved_step"] == r["state_step"] >= 1, r
     assert r["durable"], r
     assert r["sigterm_to_exit_seconds"] < limit
+
+
+def test_readme_quotes_the_committed_minilm_measurement():
+    """The MiniLM rows of k8s/README.md are bench/results/preemption.json's (`make preemption-budget`)."""
+    import json
+
+    result = json.loads((ROOT / "bench" / "results" / "preemption.json").read_text())
+    readme = (ROOT / "k8s" / "README.md").read_text()
+    for case, store in (("local", "local folder"), ("gcs", "`gs://` (fake-gcs-server)")):
+        r = result["cases"][case]
+        assert r["exit_code"] == ExitCode.RETRY and r["durable"] and r["saved_step"] == r["state_step"]
+        row = (f"| MiniLM-L6 ({r['state_mb']:.1f} MB) | {store} | {r['sigterm_to_exit_seconds']:.2f} s | "
+               f"{r['save_seconds_at_start']:.2f} s |")
+        assert row in readme, row
