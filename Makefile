@@ -34,6 +34,8 @@ IMAGE ?= finetune-job:dev
 OVERLAY ?= job
 K8S_VERSION ?= 1.31.0
 K8S_OUT ?= work/k8s
+# The pinned wheel's kubectl (requirements-dev.txt), not whatever a PATH holds.
+KUBECTL ?= $(VENV)/bin/kubectl
 OVERLAYS := $(patsubst k8s/overlays/%/kustomization.yaml,%,$(wildcard k8s/overlays/*/kustomization.yaml))
 ARGS ?= train --help
 LOCAL_DIR ?= $(CURDIR)/work/local
@@ -57,10 +59,10 @@ docker-run: ## Run IMAGE on all local GPUs: make docker-run ARGS='train --data /
 	  $(foreach v,$(filter FT_%,$(.VARIABLES)),-e $(v)) $(DOCKER_RUN_FLAGS) \
 	  $(IMAGE) $(ARGS)
 
-k8s: ## Render base and every overlay into K8S_OUT (default work/k8s/)
+k8s: setup ## Render base and every overlay into K8S_OUT (default work/k8s/)
 	mkdir -p $(K8S_OUT)
-	kubectl kustomize k8s/base > $(K8S_OUT)/base.yaml
-	$(foreach o,$(OVERLAYS),kubectl kustomize k8s/overlays/$(o) > $(K8S_OUT)/$(o).yaml &&) true
+	$(KUBECTL) kustomize k8s/base > $(K8S_OUT)/base.yaml
+	$(foreach o,$(OVERLAYS),$(KUBECTL) kustomize k8s/overlays/$(o) > $(K8S_OUT)/$(o).yaml &&) true
 	@ls -1 $(K8S_OUT)/*.yaml
 
 deploy: ## kubectl apply -k k8s/overlays/OVERLAY (default job; give each Job run a new name first)
@@ -77,3 +79,7 @@ BENCH_ARGS ?=
 
 bench: setup ## Speed benchmark: ours vs the seed recipe vs PyTorch Trainer on SST-2 (15-25 min; BENCH_ARGS='--no-torch')
 	$(PY) -m bench.bench $(BENCH_ARGS)
+
+.PHONY: preemption-budget
+preemption-budget: setup ## SIGTERM-to-exit-75 budget of the packaged MiniLM, local and gs:// emulator -> bench/results/preemption.json (~5 min)
+	$(PY) -m bench.preemption

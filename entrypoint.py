@@ -220,6 +220,87 @@ def _exit_with(step) -> None:
         raise typer.Exit(int(ExitCode.INTERNAL)) from None
 
 
+# ---- Hyper-parameter sweeps (job/sweep.py; k8s/overlays/sweep) ----------------------------------
+
+_SWEEP_HELP = "Hyper-parameter sweep as JSON: {\"grid\": {...}} or {\"random\": {...}} (see job/sweep.py)."
+
+
+def _sweep_from(sweep_json: str, output_root: str, run_id: str):
+    from job import sweep as sweep_step
+    from job.errors import ConfigError
+
+    if not sweep_json:
+        raise ConfigError("no sweep given: set FT_SWEEP (or --sweep)")
+    if not output_root:
+        raise ConfigError("a sweep needs FT_OUTPUT_ROOT (or --output-root): trials publish to ROOT/runs/<sweep>-<i>")
+    return sweep_step.parse(sweep_json, run_id)
+
+
+@app.command("sweep-trial")
+def sweep_trial(
+    sweep_json: Annotated[str, _opt("FT_SWEEP", _SWEEP_HELP, TRAIN, "--sweep")] = "",
+    index: Annotated[Optional[int], typer.Option("--index", envvar="JOB_COMPLETION_INDEX", help="The trial to run (an Indexed Job sets JOB_COMPLETION_INDEX).")] = None,
+    output_root: Annotated[str, _opt("FT_OUTPUT_ROOT", "Trial i publishes to ROOT/runs/<sweep>-<i>; the summary goes to ROOT/sweeps/<sweep>.json.", OUT)] = "",
+    run_id: Annotated[str, _opt("FT_RUN_ID", "The sweep's name when FT_SWEEP has none (the Job's name).", OUT)] = "",
+    promote_if_better: Annotated[str, _opt("FT_PROMOTE_IF_BETTER", "Promote the sweep's best trial if better than the champion (METRIC[:MIN_DELTA]).", OUT)] = "",
+    force_promotion: Annotated[bool, _opt("FT_FORCE_PROMOTION", "Promote even if the validation data differ from the champion's.", OUT)] = False,
+) -> None:
+    """Train trial JOB_COMPLETION_INDEX of FT_SWEEP with `train` and the other FT_* settings; the last trial to finish writes the summary and promotes the best."""
+    import signal
+    import subprocess
+
+    from job import sweep as sweep_step
+
+    prepared = {}
+
+    def prepare() -> None:
+        from job.errors import ConfigError
+
+        sweep = _sweep_from(sweep_json, output_root, run_id)
+        if index is None:
+            raise ConfigError("no trial index: sweep-trial runs in an Indexed Job (JOB_COMPLETION_INDEX) or with --index")
+        env = {**os.environ, **sweep_step.trial_env(sweep, index), "FT_OUTPUT_ROOT": output_root}
+        for name in ("FT_PROMOTE_IF_BETTER", "FT_FORCE_PROMOTION", "FT_OUTPUT", "FT_SWEEP"):
+            env.pop(name, None)  # a trial never promotes itself: the summary promotes the best
+        prepared.update(sweep=sweep, env=env)
+
+    _exit_with(prepare)
+    log.info("sweep %s: trial %d of %d: %s", prepared["sweep"].name, index, len(prepared["sweep"].trials),
+             prepared["sweep"].trials[index])
+    # `train` in a process of its own, exactly as the container runs it; SIGTERM is passed on so it
+    # checkpoints and exits 75 (preemption) like any run.
+    child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "train"], env=prepared["env"])
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    try:
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code != 0:
+        raise typer.Exit(code if code > 0 else 128 - code)
+    _exit_with(lambda: sweep_step.summarize(output_root, prepared["sweep"], promote_if_better, force_promotion))
+
+
+@app.command("sweep-summary")
+def sweep_summary(
+    sweep_json: Annotated[str, _opt("FT_SWEEP", _SWEEP_HELP, TRAIN, "--sweep")] = "",
+    output_root: Annotated[str, _opt("FT_OUTPUT_ROOT", "The sweep's output root.", OUT)] = "",
+    run_id: Annotated[str, _opt("FT_RUN_ID", "The sweep's name when FT_SWEEP has none.", OUT)] = "",
+    promote_if_better: Annotated[str, _opt("FT_PROMOTE_IF_BETTER", "Promote the best trial if better (METRIC[:MIN_DELTA]).", OUT)] = "",
+    force_promotion: Annotated[bool, _opt("FT_FORCE_PROMOTION", "Promote even if the validation data differ.", OUT)] = False,
+) -> None:
+    """Write ROOT/sweeps/<sweep>.json from the published trials and promote the best (again: idempotent)."""
+
+    def go() -> None:
+        from job import sweep as sweep_step
+        from job.errors import TransientError
+
+        sweep = _sweep_from(sweep_json, output_root, run_id)
+        if sweep_step.summarize(output_root, sweep, promote_if_better, force_promotion) is None:
+            raise TransientError(f"not every trial of sweep {sweep.name} has published yet; run again when they have")
+
+    _exit_with(go)
+
+
 if __name__ == "__main__":
     try:
         app()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +42,15 @@ def settings_fingerprint(settings: dict) -> str:
 
 
 class CheckpointStore:
-    def __init__(self, uri: str, local: Path, fingerprint: str, enabled: bool = True):
+    def __init__(self, uri: str, local: Path, fingerprint: str, enabled: bool = True, plan: dict | None = None):
         self.uri = uri.rstrip("/")
         self.local = local
         self.fingerprint = fingerprint
         self.enabled = enabled  # non-chief workers write to a throw-away folder only
+        # How this run trains (total_steps, workers, replicas, global_batch, steps_per_epoch): recorded
+        # in every state, so a retry that finds training complete can finish without the cluster.
+        self.plan = plan
+        self.last_save = (0.0, 0)  # (seconds, bytes) of the latest save: the preemption budget
         self.local.mkdir(parents=True, exist_ok=True)
         self._current: list[str] = []
 
@@ -88,6 +93,7 @@ class CheckpointStore:
 
     # -- writing
     def save(self, checkpoint: tf.train.Checkpoint, step: int, history: dict) -> None:
+        t0 = time.perf_counter()
         prefix = f"ckpt-{step}"
         path = checkpoint.write(str(self.local / prefix))
         files = sorted(p.name for p in self.local.glob(f"{prefix}.*"))
@@ -96,6 +102,9 @@ class CheckpointStore:
         state = {"step": step, "prefix": prefix, "files": files, "history": history,
                  "fingerprint": self.fingerprint,
                  "sha256": {n: storage.sha256_file(self.local / n) for n in files}}
+        if self.plan:
+            state["plan"] = self.plan
+            state["complete"] = step >= self.plan["total_steps"]
         (self.local / STATE).write_text(json.dumps(state))
         storage.put_files(self.local, files, self.uri)
         storage.put_files(self.local, [STATE], self.uri)  # last: makes the new save current
@@ -104,10 +113,20 @@ class CheckpointStore:
         for name in stale:
             (self.local / name).unlink(missing_ok=True)
         self._current = files
-        log.info("checkpoint at step %d: %s", step, path)
+        self.last_save = (time.perf_counter() - t0, sum((self.local / n).stat().st_size for n in files))
+        log.info("checkpoint at step %d: %s (%.2f s, %.1f MB)", step, path, self.last_save[0], self.last_save[1] / 1e6)
 
     def clear(self) -> None:
         """After a run is published its checkpoints have no further use."""
         if self.enabled:
             storage.delete_files(self.uri, [STATE, *self._current])
             storage.remove_empty(self.uri)
+
+
+def finished_training(uri: str, fingerprint: str) -> dict | None:
+    """The state at `uri` if it is this run's (same fingerprint) and training ran to its end, else None."""
+    raw = storage.read_bytes(storage.join(uri.rstrip("/"), STATE))
+    state = json.loads(raw) if raw is not None else None
+    if not state or state.get("fingerprint") != fingerprint or not state.get("complete"):
+        return None
+    return state

@@ -3,9 +3,13 @@
 Sources, first match wins:
   1. TF_CONFIG, as given (Kubeflow TFJob, hand-written);
   2. CLUSTER_SPEC (Vertex AI custom jobs: workerpool0 = chief, workerpool1 = workers);
-  3. a Kubernetes Indexed Job: JOB_COMPLETION_INDEX plus FT_WORKER_HOSTS (host:port list) or
+  3. a JobSet (one replicated job of indexed workers): JOBSET_NAME + REPLICATED_JOB_NAME (+ JOB_INDEX,
+     default 0) + JOB_COMPLETION_INDEX + FT_NUM_WORKERS: pods are
+     `<jobset>-<replicated job>-<job index>-<index>.<subdomain>` (subdomain: FT_WORKER_SERVICE, else
+     JobSet's default, the JobSet's name);
+  4. a Kubernetes Indexed Job: JOB_COMPLETION_INDEX plus FT_WORKER_HOSTS (host:port list) or
      FT_NUM_WORKERS + FT_WORKER_SERVICE (+ JOB_NAME): pods are `<job>-<index>.<service>`;
-  4. none: one machine, MirroredStrategy over every visible GPU, else every logical CPU device
+  5. none: one machine, MirroredStrategy over every visible GPU, else every logical CPU device
      (one, unless the process split the CPU - how tests run two replicas without GPUs).
 More than one task -> MultiWorkerMirroredStrategy with TensorFlow's collective all-reduce.
 Everything else receives the strategy and a Topology; nothing else reads these variables.
@@ -33,7 +37,7 @@ DEFAULT_CLUSTER_TIMEOUT = 600
 
 @dataclass(frozen=True)
 class Cluster:
-    source: str  # TF_CONFIG, CLUSTER_SPEC, indexed-job, none
+    source: str  # TF_CONFIG, CLUSTER_SPEC, jobset, indexed-job, none
     tf_config: dict | None  # what TensorFlow gets, None on one machine
 
     @property
@@ -70,6 +74,8 @@ def resolve_cluster(env: Mapping[str, str]) -> Cluster:
         return Cluster("TF_CONFIG", _check_tf_config(_json(env["TF_CONFIG"], "TF_CONFIG"), "TF_CONFIG"))
     if env.get("CLUSTER_SPEC", "").strip():
         return Cluster("CLUSTER_SPEC", _from_vertex(_json(env["CLUSTER_SPEC"], "CLUSTER_SPEC")))
+    if env.get("JOB_COMPLETION_INDEX", "").strip() and env.get("JOBSET_NAME", "").strip():
+        return Cluster("jobset", _from_jobset(env))
     if env.get("JOB_COMPLETION_INDEX", "").strip() and (env.get("FT_WORKER_HOSTS") or env.get("FT_NUM_WORKERS")):
         return Cluster("indexed-job", _from_indexed_job(env))
     return Cluster("none", None)
@@ -150,6 +156,33 @@ def _from_indexed_job(env: Mapping[str, str]) -> dict | None:
                             "the Indexed Job settings")
 
 
+def _from_jobset(env: Mapping[str, str]) -> dict | None:
+    """JobSet's DNS hostnames (spec.network.enableDNSHostnames): the Job controller numbers the pods
+    of each child Job, JobSet numbers the child Jobs of a replicated job. The workers are the pods of
+    one child Job (this pod's), so the cluster never spans two child Jobs."""
+    jobset, rjob = env["JOBSET_NAME"].strip(), env.get("REPLICATED_JOB_NAME", "").strip()
+    job_index, count = env.get("JOB_INDEX", "0").strip() or "0", env.get("FT_NUM_WORKERS", "")
+    if not rjob:
+        raise ConfigError("a JobSet worker needs REPLICATED_JOB_NAME (pod label "
+                          "jobset.sigs.k8s.io/replicatedjob-name) to name its peers")
+    if not job_index.isdigit():
+        raise ConfigError(f"JOB_INDEX must be a non-negative integer, got {job_index!r}")
+    if not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"FT_NUM_WORKERS must be a positive integer (the replicated job's completions), got {count!r}")
+    subdomain = env.get("FT_WORKER_SERVICE", "").strip() or jobset
+    port = env.get("FT_WORKER_PORT", str(DEFAULT_PORT))
+    hosts = [f"{jobset}-{rjob}-{int(job_index)}-{i}.{subdomain}:{port}" for i in range(int(count))]
+    return _check_tf_config({"cluster": {"worker": hosts}, "task": {"type": "worker",
+                                                                   "index": _index(env["JOB_COMPLETION_INDEX"])}},
+                            "the JobSet settings")
+
+
+def _index(raw: str) -> int:
+    if not raw.strip().isdigit():
+        raise ConfigError(f"JOB_COMPLETION_INDEX must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Topology:
     replicas: int  # replicas across all workers
@@ -165,11 +198,7 @@ def make_strategy(env: Mapping[str, str] | None = None, timeout: float = DEFAULT
     env = os.environ if env is None else env
     cluster = resolve_cluster(env)
     if cluster.tf_config is None:
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        strategy = tf.distribute.MirroredStrategy(devices=devices)
-        log.info("strategy: MirroredStrategy over %d %s device(s): %s", len(devices),
-                 "GPU" if gpus else "CPU", ", ".join(devices))
+        strategy = _local_strategy()
         return strategy, Topology(strategy.num_replicas_in_sync, 1, 0, True, cluster.source)
 
     kind, index = cluster.task
@@ -189,6 +218,30 @@ def make_strategy(env: Mapping[str, str] | None = None, timeout: float = DEFAULT
     log.info("strategy: MultiWorkerMirroredStrategy, %d workers, %d replicas in sync",
              topo.workers, topo.replicas)
     return strategy, topo
+
+
+def _local_strategy():
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    strategy = tf.distribute.MirroredStrategy(devices=devices)
+    log.info("strategy: MirroredStrategy over %d %s device(s): %s", len(devices),
+             "GPU" if gpus else "CPU", ", ".join(devices))
+    return strategy
+
+
+def strategy_after_training(plan: dict, env: Mapping[str, str] | None = None):
+    """This machine alone, for an attempt that finds the run's training already complete (the chief
+    failed after it, e.g. while publishing, and the other workers have exited): nothing is left to
+    compute together, so it must not wait for peers that will not come back. The Topology is the
+    cluster's that trained (from the checkpoint's plan), this pod's role included."""
+    cluster = resolve_cluster(os.environ if env is None else env)
+    kind, index = cluster.task
+    log.info("cluster from %s: this is %s:%d (%s); training ended in an earlier attempt, so it goes on "
+             "without the other workers", cluster.source, kind, index, "chief" if cluster.is_chief else "worker")
+    return _local_strategy(), Topology(int(plan["replicas"]), int(plan["workers"]), cluster.worker_index,
+                                       cluster.is_chief, cluster.source)
 
 
 _WATCHDOG = """

@@ -10,8 +10,10 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -118,7 +120,12 @@ def _run(cfg: JobConfig, preemption: training.Preemption, hooks: Hooks) -> dict 
         return earlier
     with workspace(cfg) as scratch:
         inputs = load_inputs(cfg, scratch, timer)
-        runtime = build_runtime(cfg, inputs)
+        finished = trained_earlier(cfg, identity, inputs)
+        runtime = build_runtime(cfg, inputs, finished)
+        if finished is not None and not runtime.topology.is_chief:
+            log.info("worker %d: training of this run ended in an earlier attempt; the chief publishes the run",
+                     runtime.topology.worker_index)
+            return None
         feats = tokenize(cfg, inputs, timer)
         if hooks.pad_multiple:
             feats.pad_multiple = hooks.pad_multiple
@@ -141,6 +148,7 @@ def _run(cfg: JobConfig, preemption: training.Preemption, hooks: Hooks) -> dict 
         write_outputs(staging, cfg, metrics, board.learning_rates, timer)
         if not runtime.topology.is_chief:
             # Every worker exports (TF's rule for multi-worker saving); only the chief publishes.
+            wait_for_chief(cfg, identity, store)
             log.info("worker %d done; the chief publishes the run", runtime.topology.worker_index)
             return None
         publish_run(cfg, identity, staging, metrics, store)
@@ -174,7 +182,26 @@ def load_inputs(cfg: JobConfig, scratch: Path, timer: report.PhaseTimer) -> Inpu
     return Inputs(data, ckpt, kind, tokenizer)
 
 
-def build_runtime(cfg: JobConfig, inputs: Inputs) -> Runtime:
+def trained_earlier(cfg: JobConfig, identity: publish.Identity, inputs: Inputs) -> dict | None:
+    """The checkpoint state of this multi-worker run if an earlier attempt trained it to the end.
+
+    Chief-retry recovery: when the chief fails after training (exporting, publishing), the other
+    workers have exited 0 and will not come back (an Indexed Job keeps succeeded indexes; a JobSet
+    restarts them, and they see this too and exit 0). Its retry must then not wait for peers: the
+    model is in the final checkpoint, so it finishes alone (build_runtime). One machine needs no such
+    test: fit() resumes at the last step and trains nothing."""
+    if distribution.resolve_cluster(os.environ).tf_config is None:
+        return None
+    return checkpoints.finished_training(cfg.output.checkpoints, state_fingerprint(identity, inputs))
+
+
+def build_runtime(cfg: JobConfig, inputs: Inputs, finished: dict | None = None) -> Runtime:
+    if finished is not None:
+        plan = finished["plan"]
+        strategy, topo = distribution.strategy_after_training(plan)
+        log.info("training complete at step %d of %d (checkpoint %s): no training, evaluating and exporting the "
+                 "trained model", finished["step"], plan["total_steps"], cfg.output.checkpoints)
+        return Runtime(strategy, topo, int(plan["global_batch"]), int(plan["steps_per_epoch"]))
     strategy, topo = distribution.make_strategy(timeout=cfg.train.cluster_timeout)
     global_batch = cfg.train.per_replica_batch_size * topo.replicas
     steps = features.steps_per_epoch(len(inputs.data.train), global_batch)
@@ -206,12 +233,35 @@ def build_model(cfg: JobConfig, inputs: Inputs, runtime: Runtime, timer: report.
 def checkpoint_store(cfg: JobConfig, identity: publish.Identity, inputs: Inputs, runtime: Runtime,
                      scratch: Path) -> checkpoints.CheckpointStore:
     """Training state of this same run (settings and data): resumed from, and saved to."""
+    topo = runtime.topology
+    plan = {"total_steps": runtime.steps_per_epoch * cfg.train.epochs, "steps_per_epoch": runtime.steps_per_epoch,
+            "global_batch": runtime.global_batch, "replicas": topo.replicas, "workers": topo.workers}
+    return checkpoints.CheckpointStore(cfg.output.checkpoints, scratch / "checkpoints",
+                                       state_fingerprint(identity, inputs), enabled=topo.is_chief, plan=plan)
+
+
+def state_fingerprint(identity: publish.Identity, inputs: Inputs) -> str:
+    """What a checkpoint must match to be resumed: this run's settings and data."""
     data = inputs.data
-    return checkpoints.CheckpointStore(
-        cfg.output.checkpoints, scratch / "checkpoints",
-        checkpoints.settings_fingerprint({"run": identity.fingerprint, "data": data.fingerprint("train"),
-                                          "validation": data.fingerprint("validation")}),
-        enabled=runtime.topology.is_chief)
+    return checkpoints.settings_fingerprint({"run": identity.fingerprint, "data": data.fingerprint("train"),
+                                             "validation": data.fingerprint("validation")})
+
+
+def wait_for_chief(cfg: JobConfig, identity: publish.Identity, store: checkpoints.CheckpointStore) -> None:
+    """A non-chief worker exits 0 only once the chief's final checkpoint is durable (or the run is
+    published): from then on a failed chief's retry can finish alone (trained_earlier). If the chief
+    dies before that, this worker fails too (75) and the whole cluster resumes together from the
+    chief's last checkpoint, as after any lost peer."""
+    deadline = time.monotonic() + cfg.train.cluster_timeout
+    while checkpoints.finished_training(store.uri, store.fingerprint) is None:
+        manifest, _ = publish.read_manifest(cfg.output.output)
+        if manifest is not None and manifest.get("settings_fingerprint") == identity.fingerprint:
+            return
+        if time.monotonic() > deadline:
+            raise TransientError(f"the chief's final checkpoint did not appear in {store.uri} within "
+                                 f"{cfg.train.cluster_timeout:.0f}s; all workers resume from its last checkpoint "
+                                 "when restarted")
+        time.sleep(1.0)
 
 
 def train(cfg: JobConfig, model, feats: Features, runtime: Runtime, precision: str,

