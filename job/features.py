@@ -84,6 +84,31 @@ def encode(split: Split, tokenizer, max_length: int) -> Encoded:
     return Encoded(features, offsets, np.asarray(split.labels, dtype=np.int32))
 
 
+def truncate(full: Encoded, split: Split, tokenizer, max_length: int) -> Encoded:
+    """`full` (the rows of `split` encoded at a larger length) as if encoded at max_length.
+
+    A fast tokenizer tokenizes a whole text before it truncates, so encoding at the model's limit
+    once (to count every row's tokens) costs no more than encoding at max_length. The few rows
+    longer than max_length are tokenized again at max_length (the tokenizer's own truncation,
+    right for pairs and special tokens) and spliced in with one numpy gather.
+    """
+    lengths = full.lengths
+    long = np.flatnonzero(lengths > max_length)
+    if len(long) == 0:
+        return full
+    short = encode(split.take(long), tokenizer, max_length)
+    new_lengths = lengths.copy()
+    new_lengths[long] = short.lengths
+    # Row r's tokens start at `start[r]` in the concatenation (full values, then the re-encoded ones).
+    start = full.offsets[:-1].copy()
+    start[long] = int(full.offsets[-1]) + short.offsets[:-1]
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(new_lengths, out=offsets[1:])
+    source = np.repeat(start - offsets[:-1], new_lengths) + np.arange(int(offsets[-1]))
+    feats = {n: np.concatenate([full.features[n], short.features[n]])[source] for n in full.names}
+    return Encoded(feats, offsets, full.labels)
+
+
 def plan_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, shuffle: bool = True
                  ) -> list[np.ndarray]:
     """Row indices of each batch for one epoch: every row exactly once, ceil(n / batch) batches.
