@@ -77,3 +77,10 @@ BENCH_ARGS ?=
 
 bench: setup ## Speed benchmark: ours vs the seed recipe vs PyTorch Trainer on SST-2 (15-25 min; BENCH_ARGS='--no-torch')
 	$(PY) -m bench.bench $(BENCH_ARGS)
+
+# ---- Data benchmark (bench/data_bench.py): read + validate + tokenize at 1M and 10M rows -------
+DATA_BENCH_ROWS ?= 1000000 10000000
+.PHONY: bench-data
+
+bench-data: setup ## Data benchmark: rows/s per phase and peak RSS at DATA_BENCH_ROWS synthetic rows; writes bench/results/data-*.json
+	nice $(PY) -m bench.data_bench --rows $(DATA_BENCH_ROWS)
