@@ -120,23 +120,30 @@ def train(
 
 def _score_config(model: str, data: str, output: str | None, needs_output: bool, text_column: str,
                   text_pair_column: str | None, label_column: str, header: bool, data_format: str, batch_size: int,
-                  max_length: int):
+                  max_length: int, reading: dict | None = None):
     from job.config import DataConfig, ScoreConfig
+    from job.formats import check_options
 
+    reading = reading or {}
+    check_options(reading.get("encoding", "auto"), reading.get("quoting", "auto"), reading.get("delimiter", "auto"))
     return ScoreConfig(model=model, data=data, output=output or None, needs_output=needs_output,
                        rows=DataConfig(text_column=text_column, text_pair_column=text_pair_column,
-                                       label_column=label_column, header=header, data_format=data_format),
+                                       label_column=label_column, header=header, data_format=data_format, **reading),
                        batch_size=batch_size, max_length=max_length)
 
 
 RunOpt = Annotated[str, typer.Option("--model", envvar="FT_MODEL", help="A run folder (local or gs://), or an output root whose champion.json names one.")]
-DataOpt = Annotated[str, typer.Option("--data", envvar="FT_DATA", help="A file or a folder/prefix of files (CSV, TSV, JSON Lines, Parquet).")]
+DataOpt = Annotated[str, typer.Option("--data", envvar="FT_DATA", help="A file or a folder/prefix of files (CSV, TSV, JSON Lines/JSON, Parquet, Arrow).")]
 TextOpt = Annotated[str, typer.Option(envvar="FT_TEXT_COLUMN", help="Text column (0-based position with --no-header).")]
 PairOpt = Annotated[Optional[str], typer.Option(envvar="FT_TEXT_PAIR_COLUMN", help="Second text column, for sentence pairs.")]
 HeaderOpt = Annotated[bool, typer.Option(envvar="FT_HEADER", help="CSV/TSV files start with a header row.")]
-FormatOpt = Annotated[str, typer.Option("--format", envvar="FT_FORMAT", help="auto, csv, tsv, jsonl or parquet.")]
+FormatOpt = Annotated[str, typer.Option("--format", envvar="FT_FORMAT", help="auto, csv, tsv, jsonl, json, parquet or arrow.")]
 BatchOpt = Annotated[int, typer.Option(envvar="FT_BATCH_SIZE", help="Rows per prediction batch.")]
 LengthOpt = Annotated[int, typer.Option(envvar="FT_MAX_LENGTH", help="Truncate texts to this many tokens.")]
+EncodingOpt = Annotated[str, typer.Option(envvar="FT_ENCODING", help="Text file encoding: auto (UTF-8, BOM optional; UTF-16 with BOM) or a codec name.")]
+QuotingOpt = Annotated[str, typer.Option(envvar="FT_QUOTING", help="CSV/TSV quoting: auto, csv or none.")]
+DelimiterOpt = Annotated[str, typer.Option(envvar="FT_DELIMITER", help="CSV/TSV delimiter: auto, ',', ';', '|' or tab.")]
+JsonFieldOpt = Annotated[Optional[str], typer.Option(envvar="FT_JSON_FIELD", help="JSON document: the key holding the array of rows.")]
 
 
 @app.command()
@@ -146,6 +153,8 @@ def predict(
     output: Annotated[str, typer.Option(envvar="FT_PREDICTIONS", help="Predictions file (.jsonl or .csv), local or gs://.")] = "",
     text_column: TextOpt = "text", text_pair_column: PairOpt = None, header: HeaderOpt = True,
     data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = 128,
+    encoding: EncodingOpt = "auto", quoting: QuotingOpt = "auto", delimiter: DelimiterOpt = "auto",
+    json_field: JsonFieldOpt = None,
 ) -> None:
     """Predict a label and class probabilities for every row of DATA with a trained run."""
 
@@ -153,7 +162,8 @@ def predict(
         from job.predict import predict_command
 
         cfg = _score_config(model, data, output, True, text_column, text_pair_column, "label", header, data_format,
-                            batch_size, max_length)
+                            batch_size, max_length, dict(encoding=encoding, quoting=quoting, delimiter=delimiter,
+                                                         json_field=json_field))
         with tempfile.TemporaryDirectory() as tmp:
             result = predict_command(cfg, Path(tmp))
         typer.echo(json.dumps(result))
@@ -169,6 +179,8 @@ def evaluate(
     text_column: TextOpt = "text", text_pair_column: PairOpt = None,
     label_column: Annotated[str, typer.Option(envvar="FT_LABEL_COLUMN", help="Label column (class names of the model).")] = "label",
     header: HeaderOpt = True, data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = 128,
+    encoding: EncodingOpt = "auto", quoting: QuotingOpt = "auto", delimiter: DelimiterOpt = "auto",
+    json_field: JsonFieldOpt = None,
 ) -> None:
     """Score a trained run on a labelled file: the same metrics as training's evaluation."""
 
@@ -176,7 +188,8 @@ def evaluate(
         from job.predict import evaluate_command
 
         cfg = _score_config(model, data, output, False, text_column, text_pair_column, label_column, header,
-                            data_format, batch_size, max_length)
+                            data_format, batch_size, max_length, dict(encoding=encoding, quoting=quoting,
+                                                                      delimiter=delimiter, json_field=json_field))
         with tempfile.TemporaryDirectory() as tmp:
             result = evaluate_command(cfg, Path(tmp))
         typer.echo(json.dumps(result["evaluation"], indent=2))

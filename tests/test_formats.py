@@ -181,3 +181,18 @@ def test_row_numbers_point_at_the_record_after_quoted_multiline_fields(tmp_path)
     # Lines: 1 header, 2-4 the three-line field, 5 the tab row, 6 the blank text.
     with pytest.raises(DataError, match=r"train\.tsv row 6: empty value in the text column"):
         load_file(tmp_path, path)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_predict_and_evaluate_take_the_reading_options(tmp_path, command):
+    from typer.testing import CliRunner
+
+    import entrypoint
+    from job.errors import ExitCode
+
+    result = CliRunner().invoke(entrypoint.app, [command, "--model", str(tmp_path / "run"), "--data",
+                                                 str(tmp_path / "x.csv"), "--output", str(tmp_path / "p.jsonl"),
+                                                 "--delimiter", ":"])
+    assert result.exit_code == ExitCode.BAD_INPUT and "--delimiter must be one of" in result.stderr
+    assert not (tmp_path / "p.jsonl").exists()
+    assert "--json-field" in CliRunner().invoke(entrypoint.app, [command, "--help"]).output
