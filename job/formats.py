@@ -244,8 +244,37 @@ def dialect(text: str, shown: str, fmt: str, header: bool, opts: ReadOptions) ->
     return Dialect(delimiter, detect_quoting(text, delimiter, shown))
 
 
+def _arrow_delimited(text: str, d: Dialect, header: bool) -> pd.DataFrame | None:
+    """The file through pyarrow's multi-threaded CSV reader: Arrow string columns, no Python object
+    per field while parsing (pandas' reader with dtype=str peaks near 1 KB a row). None when pyarrow
+    refuses the file: pandas then reads it and words the error (or reads what pyarrow will not, such
+    as whitespace-only lines, which pandas skips)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    first = next(csv.reader([_first_line(text)], **d.reader_options()), [])
+    names = first if header else [str(i) for i in range(len(first))]
+    if not names or len(set(names)) != len(names):
+        return None  # duplicate header names: pandas' renaming (a, a.1) is what users have seen
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(text.encode("utf-8")),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if header else 0),
+            parse_options=pacsv.ParseOptions(delimiter=d.delimiter, quote_char='"' if d.quoted else False,
+                                             double_quote=True, newlines_in_values=d.quoted,
+                                             ignore_empty_lines=True),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    return table.to_pandas()
+
+
 def _read_delimited(text: str, shown: str, fmt: str, header: bool, opts: ReadOptions) -> pd.DataFrame:
     d = dialect(text, shown, fmt, header, opts)
+    frame = _arrow_delimited(text, d, header)
+    if frame is not None and frame.shape[1] > 0:
+        return frame
     quoting = dict(quotechar='"', doublequote=True) if d.quoted else dict(quoting=csv.QUOTE_NONE)
     try:
         frame = pd.read_csv(io.StringIO(text), sep=d.delimiter, header=0 if header else None, dtype=str,
