@@ -40,7 +40,7 @@ def pad_multiple(jit_compile: bool | None = None) -> int:
 class Encoded:
     """Token ids of every row as flat arrays + row offsets (a ragged layout without per-row objects)."""
 
-    features: dict[str, np.ndarray]  # name -> flat int32 values
+    features: dict[str, np.ndarray]  # name -> flat values (input_ids int32, masks and segment ids int8)
     offsets: np.ndarray  # int64, len(rows) + 1
     labels: np.ndarray  # int32
 
@@ -77,7 +77,10 @@ def encode(split: Split, tokenizer, max_length: int) -> Encoded:
     features, offsets = {}, np.zeros(1, np.int64)
     for n in names:
         col = ds.data.table.column(n).combine_chunks()
-        features[n] = col.values.to_numpy(zero_copy_only=False).astype(np.int32)
+        # Masks and segment ids stay in the int8 datasets stores them as (a quarter of int32's
+        # memory at millions of rows); pad_batch widens each batch to int32.
+        values = col.values.to_numpy(zero_copy_only=False)
+        features[n] = values.astype(np.int32, copy=False) if n == "input_ids" or values.dtype.kind != "i" else values
         offsets = col.offsets.to_numpy().astype(np.int64)
     if not names or len(split.texts) == 0:
         features = {n: np.zeros(0, np.int32) for n in names}
