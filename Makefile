@@ -83,3 +83,10 @@ bench: setup ## Speed benchmark: ours vs the seed recipe vs PyTorch Trainer on S
 .PHONY: preemption-budget
 preemption-budget: setup ## SIGTERM-to-exit-75 budget of the packaged MiniLM, local and gs:// emulator -> bench/results/preemption.json (~5 min)
 	$(PY) -m bench.preemption
+
+# ---- Data benchmark (bench/data_bench.py): read + validate + tokenize at 1M and 10M rows -------
+DATA_BENCH_ROWS ?= 1000000 10000000
+.PHONY: bench-data
+
+bench-data: setup ## Data benchmark: rows/s per phase and peak RSS at DATA_BENCH_ROWS synthetic rows; writes bench/results/data-*.json
+	nice $(PY) -m bench.data_bench --rows $(DATA_BENCH_ROWS)

@@ -73,11 +73,16 @@ def train(
     text_pair_column: Annotated[Optional[str], _opt("FT_TEXT_PAIR_COLUMN", "Optional second text column, for sentence pairs.", DATA)] = None,
     label_column: Annotated[str, _opt("FT_LABEL_COLUMN", "Label column: integer ids or names.", DATA)] = DataConfig.label_column,
     header: Annotated[bool, _opt("FT_HEADER", "CSV/TSV files start with a header row; with --no-header, columns are positions.", DATA)] = True,
-    data_format: Annotated[str, _opt("FT_FORMAT", "auto (from the file name), csv, tsv, jsonl or parquet.", DATA, "--format")] = DataConfig.data_format,
+    data_format: Annotated[str, _opt("FT_FORMAT", "auto (from the file name), csv, tsv, jsonl, json, parquet or arrow.", DATA, "--format")] = DataConfig.data_format,
     validation_fraction: Annotated[float, _opt("FT_VALIDATION_FRACTION", "Share of train held out when no validation split exists.", DATA)] = DataConfig.validation_fraction,
     max_train_examples: Annotated[Optional[int], _opt("FT_MAX_TRAIN_EXAMPLES", "Train on a random subset of this many rows.", DATA)] = None,
+    encoding: Annotated[str, _opt("FT_ENCODING", "Text file encoding: auto (UTF-8 with or without BOM, UTF-16 with BOM) or a codec name (cp1252, latin-1, ...).", DATA)] = DataConfig.encoding,
+    quoting: Annotated[str, _opt("FT_QUOTING", "CSV/TSV quoting: auto (RFC 4180 when the file reads consistently with it), csv or none (quotes are text).", DATA)] = DataConfig.quoting,
+    delimiter: Annotated[str, _opt("FT_DELIMITER", "CSV/TSV delimiter: auto (sniffed for .csv from the header), ',', ';', '|' or tab.", DATA)] = DataConfig.delimiter,
+    json_field: Annotated[Optional[str], _opt("FT_JSON_FIELD", "JSON document: the top-level key holding the array of rows.", DATA)] = None,
+    max_leakage: Annotated[Optional[float], _opt("FT_MAX_LEAKAGE", "Fail (exit 3) when more than this share of validation rows also occur in train.", DATA)] = None,
     num_labels: Annotated[Optional[int], _opt("FT_NUM_LABELS", "Number of classes; inferred from the training labels when absent.", MODEL)] = None,
-    max_length: Annotated[int, _opt("FT_MAX_LENGTH", "Truncate texts to this many tokens.", MODEL)] = ModelConfig.max_length,
+    max_length: Annotated[str, _opt("FT_MAX_LENGTH", "Truncate texts to this many tokens; auto: the smallest multiple of 8 covering 99% of training rows (capped at the model's limit).", MODEL)] = str(ModelConfig.max_length),
     epochs: Annotated[int, _opt("FT_EPOCHS", "Passes over the training data.", TRAIN)] = TrainConfig.epochs,
     per_replica_batch_size: Annotated[int, _opt("FT_PER_REPLICA_BATCH_SIZE", "Batch size per device; global batch = this x replicas.", TRAIN)] = TrainConfig.per_replica_batch_size,
     learning_rate: Annotated[float, _opt("FT_LEARNING_RATE", "Peak learning rate, reached after warm-up.", TRAIN)] = TrainConfig.learning_rate,
@@ -115,23 +120,30 @@ def train(
 
 def _score_config(model: str, data: str, output: str | None, needs_output: bool, text_column: str,
                   text_pair_column: str | None, label_column: str, header: bool, data_format: str, batch_size: int,
-                  max_length: int | None):
+                  max_length: int | None, reading: dict | None = None):
     from job.config import DataConfig, ScoreConfig
+    from job.formats import check_options
 
+    reading = reading or {}
+    check_options(reading.get("encoding", "auto"), reading.get("quoting", "auto"), reading.get("delimiter", "auto"))
     return ScoreConfig(model=model, data=data, output=output or None, needs_output=needs_output,
                        rows=DataConfig(text_column=text_column, text_pair_column=text_pair_column,
-                                       label_column=label_column, header=header, data_format=data_format),
+                                       label_column=label_column, header=header, data_format=data_format, **reading),
                        batch_size=batch_size, max_length=max_length)
 
 
 RunOpt = Annotated[str, typer.Option("--model", envvar="FT_MODEL", help="A run folder (local or gs://), or an output root whose champion.json names one.")]
-DataOpt = Annotated[str, typer.Option("--data", envvar="FT_DATA", help="A file or a folder/prefix of files (CSV, TSV, JSON Lines, Parquet).")]
+DataOpt = Annotated[str, typer.Option("--data", envvar="FT_DATA", help="A file or a folder/prefix of files (CSV, TSV, JSON Lines/JSON, Parquet, Arrow).")]
 TextOpt = Annotated[str, typer.Option(envvar="FT_TEXT_COLUMN", help="Text column (0-based position with --no-header).")]
 PairOpt = Annotated[Optional[str], typer.Option(envvar="FT_TEXT_PAIR_COLUMN", help="Second text column, for sentence pairs.")]
 HeaderOpt = Annotated[bool, typer.Option(envvar="FT_HEADER", help="CSV/TSV files start with a header row.")]
-FormatOpt = Annotated[str, typer.Option("--format", envvar="FT_FORMAT", help="auto, csv, tsv, jsonl or parquet.")]
+FormatOpt = Annotated[str, typer.Option("--format", envvar="FT_FORMAT", help="auto, csv, tsv, jsonl, json, parquet or arrow.")]
 BatchOpt = Annotated[int, typer.Option(envvar="FT_BATCH_SIZE", help="Rows per prediction batch.")]
 LengthOpt = Annotated[Optional[int], typer.Option(envvar="FT_MAX_LENGTH", help="Truncate texts to this many tokens (default: the run's training max length).")]
+EncodingOpt = Annotated[str, typer.Option(envvar="FT_ENCODING", help="Text file encoding: auto (UTF-8, BOM optional; UTF-16 with BOM) or a codec name.")]
+QuotingOpt = Annotated[str, typer.Option(envvar="FT_QUOTING", help="CSV/TSV quoting: auto, csv or none.")]
+DelimiterOpt = Annotated[str, typer.Option(envvar="FT_DELIMITER", help="CSV/TSV delimiter: auto, ',', ';', '|' or tab.")]
+JsonFieldOpt = Annotated[Optional[str], typer.Option(envvar="FT_JSON_FIELD", help="JSON document: the key holding the array of rows.")]
 
 
 @app.command()
@@ -141,6 +153,8 @@ def predict(
     output: Annotated[str, typer.Option(envvar="FT_PREDICTIONS", help="Predictions file (.jsonl or .csv), local or gs://.")] = "",
     text_column: TextOpt = "text", text_pair_column: PairOpt = None, header: HeaderOpt = True,
     data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = None,
+    encoding: EncodingOpt = "auto", quoting: QuotingOpt = "auto", delimiter: DelimiterOpt = "auto",
+    json_field: JsonFieldOpt = None,
 ) -> None:
     """Predict a label and class probabilities for every row of DATA with a trained run."""
 
@@ -148,7 +162,8 @@ def predict(
         from job.predict import predict_command
 
         cfg = _score_config(model, data, output, True, text_column, text_pair_column, "label", header, data_format,
-                            batch_size, max_length)
+                            batch_size, max_length, dict(encoding=encoding, quoting=quoting, delimiter=delimiter,
+                                                         json_field=json_field))
         with tempfile.TemporaryDirectory() as tmp:
             result = predict_command(cfg, Path(tmp))
         typer.echo(json.dumps(result))
@@ -164,6 +179,8 @@ def evaluate(
     text_column: TextOpt = "text", text_pair_column: PairOpt = None,
     label_column: Annotated[str, typer.Option(envvar="FT_LABEL_COLUMN", help="Label column (class names of the model).")] = "label",
     header: HeaderOpt = True, data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = None,
+    encoding: EncodingOpt = "auto", quoting: QuotingOpt = "auto", delimiter: DelimiterOpt = "auto",
+    json_field: JsonFieldOpt = None,
 ) -> None:
     """Score a trained run on a labelled file: the same metrics as training's evaluation."""
 
@@ -171,7 +188,8 @@ def evaluate(
         from job.predict import evaluate_command
 
         cfg = _score_config(model, data, output, False, text_column, text_pair_column, label_column, header,
-                            data_format, batch_size, max_length)
+                            data_format, batch_size, max_length, dict(encoding=encoding, quoting=quoting,
+                                                                      delimiter=delimiter, json_field=json_field))
         with tempfile.TemporaryDirectory() as tmp:
             result = evaluate_command(cfg, Path(tmp))
         typer.echo(json.dumps(result["evaluation"], indent=2))

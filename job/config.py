@@ -17,7 +17,7 @@ from typing import Any
 
 from job.errors import ConfigError
 
-DATA_FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet")
+DATA_FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "parquet", "arrow")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 JIT_COMPILE = ("auto", "on", "off")
 # Promotion metrics and their direction: +1 higher is better, -1 lower is better.
@@ -41,6 +41,17 @@ class DataConfig:
     validation_fraction: float = 0.1
     # Cap on training rows (after shuffling with `seed`): quick experiments, demos, benchmarks.
     max_train_examples: int | None = None
+    # Text files: auto is UTF-8 with or without a byte-order mark, UTF-16 when a BOM says so.
+    encoding: str = "auto"
+    # auto: RFC 4180 quoting when the file reads consistently with it (pandas, the csv module),
+    # quotes as plain text otherwise (GLUE TSVs); csv or none force one reading.
+    quoting: str = "auto"
+    # auto: sniffed for CSV from the header and the named columns, a tab for TSV; or , ; | tab.
+    delimiter: str = "auto"
+    # JSON documents: the top-level key holding the array of rows ({"data": [...]}).
+    json_field: str | None = None
+    # Fail (exit 3) when more than this share of validation rows also occur in train; None: report only.
+    max_leakage: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +60,9 @@ class ModelConfig:
     model: str = ""
     # Inferred from the training labels unless given (then labels must be ids below it).
     num_labels: int | None = None
-    # Truncation length in tokens; 128 covers most sentence-level classification data.
-    max_length: int = 128
+    # Truncation length in tokens; 128 covers most sentence-level classification data. "auto": the
+    # smallest multiple of 8 covering 99% of training rows, capped at the model's limit.
+    max_length: int | str = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +178,15 @@ def validate(cfg: JobConfig) -> None:
     if not 0 < d.validation_fraction < 1:
         raise ConfigError(f"--validation-fraction must be between 0 and 1 (exclusive), got {d.validation_fraction}")
     _positive("max-train-examples", d.max_train_examples)
-    _positive("max-length", m.max_length)
+    if m.max_length != "auto":
+        if isinstance(m.max_length, str) or isinstance(m.max_length, bool):
+            raise ConfigError(f"--max-length must be a number of tokens or auto, got {m.max_length!r}")
+        _positive("max-length", m.max_length)
+    from job.formats import check_options
+
+    check_options(d.encoding, d.quoting, d.delimiter)
+    if d.max_leakage is not None and not (math.isfinite(d.max_leakage) and 0 <= d.max_leakage <= 1):
+        raise ConfigError(f"--max-leakage must be a share from 0 to 1, got {d.max_leakage}")
     _positive("epochs", t.epochs)
     _positive("per-replica-batch-size", t.per_replica_batch_size)
     _positive("learning-rate", t.learning_rate)
@@ -272,6 +292,13 @@ def from_cli(params: dict[str, Any], given: set[str], environ) -> JobConfig:
 
         logging.getLogger(__name__).info("%s", platform.describe(environ))
     params.update(platform.apply_defaults({k: params[k] for k in PLATFORM_OPTIONS}, given, defaults))
+    length = str(params.get("max_length", ModelConfig.max_length)).strip().lower()
+    if length != "auto":
+        try:
+            length = int(length)
+        except ValueError:
+            raise ConfigError(f"--max-length must be a number of tokens or auto, got {params['max_length']!r}") from None
+    params["max_length"] = length
     params["output"], params["run_id"] = resolve_output(params["output"], params["output_root"], params["run_id"])
 
     def pick(cls):

@@ -1,4 +1,4 @@
-"""Data: find the splits, read CSV/TSV/JSON Lines/Parquet shards, validate, map labels to ids.
+"""Data: find the splits, read their files (job/formats.py), validate, map labels to ids.
 
 Everything here is checked before a model is loaded, so bad data fails in seconds with one line
 that names the file, the row and the fix.
@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import csv
 import decimal
-import gzip
 import hashlib
-import io
 import json
 import logging
 import math
@@ -21,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from job import storage
+from job import formats, storage
 from job.config import DataConfig
-from job.errors import ConfigError, DataError
+from job.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +29,6 @@ log = logging.getLogger(__name__)
 SPLIT_PATTERN = re.compile(r"^(train|validation|valid|val|dev)(?:[-_.][^/]*)?$", re.IGNORECASE)
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                  "dev": "validation"}
-EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "tsv", ".jsonl": "jsonl",
-              ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 _INT = re.compile(r"^[+-]?\d+$")
 # A label string that is a number: 1, 01, +1, 1.0, 1., .5, 1e3 (not hex, not inf/nan: those stay names).
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -107,82 +103,21 @@ def locate_splits(cfg: DataConfig) -> dict[str, tuple[str, list[storage.RemoteFi
 
 
 def file_format(path: str, configured: str) -> str:
-    if configured != "auto":
-        return configured
-    name = path.lower().removesuffix(".gz")
-    for ext, fmt in EXTENSIONS.items():
-        if name.endswith(ext):
-            return fmt
-    raise DataError(f"cannot tell the format of {path} from its name: pass --format csv|tsv|jsonl|parquet")
+    return formats.file_format(path, configured)
 
 
 # --------------------------------------------------------------------------------------------
-# Reading one file into a frame of strings
+# Reading one file into a frame (job/formats.py does the reading)
 
-def _decode(path: Path, shown: str) -> str:
-    raw = path.read_bytes()
-    if shown.lower().endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{shown} is not a valid gzip file ({exc})") from None
-    try:
-        # utf-8-sig drops a byte-order mark that spreadsheet exports put first.
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise DataError(f"{shown} is not UTF-8 (invalid byte 0x{raw[exc.start]:02x} on line {line}): "
-                        "re-save it as UTF-8") from None
+def read_options(cfg: DataConfig) -> formats.ReadOptions:
+    named = (cfg.text_column, cfg.label_column) + ((cfg.text_pair_column,) if cfg.text_pair_column else ())
+    return formats.ReadOptions(encoding=cfg.encoding, quoting=cfg.quoting, delimiter=cfg.delimiter,
+                               json_field=cfg.json_field, columns=named)
 
 
-def read_table(path: Path, shown: str, fmt: str, header: bool) -> pd.DataFrame:
-    """Read one file as a frame of str/object columns; never guesses NaN from text like 'NA'."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-        try:
-            frame = pq.read_table(path).to_pandas()
-        except Exception as exc:
-            raise DataError(f"{shown} is not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-        if not header:
-            frame.columns = [str(i) for i in range(frame.shape[1])]
-        return frame
-    text = _decode(path, shown)
-    if not text.strip():
-        raise DataError(f"{shown} is empty")
-    if fmt == "jsonl":
-        if not header:
-            raise ConfigError("--no-header applies to CSV and TSV only; JSON Lines rows name their fields")
-        return _read_jsonl(text, shown)
-    # TSV has no quoting convention (SST-2 and friends contain bare quotes); CSV follows RFC 4180.
-    options = dict(sep="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else dict(sep=",")
-    try:
-        frame = pd.read_csv(io.StringIO(text), header=0 if header else None, dtype=str,
-                            keep_default_na=False, na_filter=False, engine="c", **options)
-    except pd.errors.ParserError as exc:
-        raise DataError(f"{shown} is not valid {fmt.upper()}: {str(exc).strip()}; check the delimiter (--format)") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{shown} is empty") from None
-    frame.columns = [str(c) for c in frame.columns]
-    return frame
-
-
-def _read_jsonl(text: str, shown: str) -> pd.DataFrame:
-    rows = []
-    # Split on \n only: str.splitlines() also breaks on U+0085 and U+2028, which occur inside texts.
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            # strict=False lets raw control characters inside strings through, so that a tab is accepted
-            # as in the other formats and a NUL is refused by _texts with a message naming it.
-            row = json.loads(line, strict=False)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{shown} line {number} is not JSON ({exc.msg}); expected one object per line") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{shown} line {number} is a JSON {type(row).__name__}, expected an object per line")
-        rows.append(row)
-    return pd.DataFrame.from_records(rows)
+def read_table(path: Path, shown: str, fmt: str, header: bool,
+               opts: formats.ReadOptions | None = None) -> pd.DataFrame:
+    return formats.read_table(path, shown, fmt, header, opts or formats.ReadOptions())
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,9 +130,10 @@ def _column(frame: pd.DataFrame, name: str, flag: str, shown: str) -> pd.Series:
     hint = ""
     if len(cols) == 1:
         only = cols[0]
-        for sep, fmt in (("\t", "tsv"), (",", "csv"), (";", "csv with ';'")):
+        for sep, fix in (("\t", "--format tsv or --delimiter '\\t'"), (",", "--format csv"),
+                         (";", "--delimiter ';'"), ("|", "--delimiter '|'")):
             if sep in only:
-                hint = f"; the file seems to use another delimiter: try --format {fmt.split()[0]}"
+                hint = f"; the file seems to use another delimiter: try {fix}"
                 break
     raise DataError(f"{shown} has no column {name!r} (columns: {', '.join(map(repr, cols[:10]))}): "
                     f"set --{flag}{hint}")
@@ -211,54 +147,16 @@ class _Source:
     shown: str
     fmt: str
     header: bool
+    opts: formats.ReadOptions = formats.ReadOptions()
 
     def row(self, index: int) -> int:
-        """The number messages give the frame's row `index` (0-based).
-
-        CSV/TSV and JSON Lines: the line of the file the row starts on, as an editor shows it (a CSV
-        header is line 1; blank lines and newlines inside quoted fields count). Parquet: the 1-based row.
-        Only error messages need it, so it reads the file again rather than keeping line numbers.
-        """
-        if self.fmt == "parquet":
-            return index + 1
-        simple = index + (2 if self.header and self.fmt != "jsonl" else 1)
+        """The number messages give the frame's row `index` (0-based): formats.record_line."""
+        simple = index + (2 if self.header and self.fmt in ("csv", "tsv") else 1)
         try:
-            text = _decode(self.path, self.shown)
-            found = _jsonl_line(text, index) if self.fmt == "jsonl" else _csv_line(text, self.fmt, self.header, index)
+            found = formats.record_line(self.path, self.shown, self.fmt, self.header, self.opts, index)
         except (OSError, DataError, csv.Error):
             found = None
         return found if found is not None else simple
-
-
-def _jsonl_line(text: str, index: int) -> int | None:
-    """The line number of the `index`-th non-blank line (the rows _read_jsonl keeps)."""
-    seen = -1
-    for number, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            seen += 1
-            if seen == index:
-                return number
-    return None
-
-
-def _csv_line(text: str, fmt: str, header: bool, index: int) -> int | None:
-    """The line the `index`-th data record starts on, skipping blank lines as pandas does."""
-    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {"delimiter": ","}
-    limit = csv.field_size_limit(2**31 - 1)
-    try:
-        reader = csv.reader(io.StringIO(text, newline=""), **options)
-        seen = -2 if header else -1
-        start = 1
-        for record in reader:
-            # pandas skips empty and whitespace-only lines (but keeps a quoted "" record).
-            if record and not (len(record) == 1 and record[0] and not record[0].strip(" \t")):
-                seen += 1
-                if seen == index:
-                    return start
-            start = reader.line_num + 1
-    finally:
-        csv.field_size_limit(limit)
-    return None
 
 
 def _first_control(values: list[str]) -> tuple[int, int] | None:
@@ -413,12 +311,17 @@ class RawSplit:
 
 def read_split(paths: list[Path], shown: list[str], cfg: DataConfig, labelled: bool = True) -> RawSplit:
     texts, pairs, labels = [], [] if cfg.text_pair_column else None, []
+    opts = read_options(cfg)
+    # A `datasets.save_to_disk` folder: its .arrow shards are the rows, its JSON files bookkeeping.
+    if any(name.lower().endswith(".arrow") for name in shown):
+        kept = [(p, n) for p, n in zip(paths, shown) if not formats.is_metadata(n)]
+        paths, shown = [p for p, _ in kept], [n for _, n in kept]
     for path, name in zip(paths, shown):
         fmt = file_format(name, cfg.data_format)
-        frame = read_table(path, name, fmt, cfg.header)
+        frame = read_table(path, name, fmt, cfg.header, opts)
         if frame.shape[0] == 0:
             raise DataError(f"{name} has a header but no rows")
-        src = _Source(path, name, fmt, cfg.header)
+        src = _Source(path, name, fmt, cfg.header, opts)
         texts += _texts(_column(frame, cfg.text_column, "text-column", name), "text-column", src)
         if pairs is not None:
             pairs += _texts(_column(frame, cfg.text_pair_column, "text-pair-column", name), "text-pair-column", src)

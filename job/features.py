@@ -40,7 +40,7 @@ def pad_multiple(jit_compile: bool | None = None) -> int:
 class Encoded:
     """Token ids of every row as flat arrays + row offsets (a ragged layout without per-row objects)."""
 
-    features: dict[str, np.ndarray]  # name -> flat int32 values
+    features: dict[str, np.ndarray]  # name -> flat values (input_ids int32, masks and segment ids int8)
     offsets: np.ndarray  # int64, len(rows) + 1
     labels: np.ndarray  # int32
 
@@ -77,11 +77,39 @@ def encode(split: Split, tokenizer, max_length: int) -> Encoded:
     features, offsets = {}, np.zeros(1, np.int64)
     for n in names:
         col = ds.data.table.column(n).combine_chunks()
-        features[n] = col.values.to_numpy(zero_copy_only=False).astype(np.int32)
+        # Masks and segment ids stay in the int8 datasets stores them as (a quarter of int32's
+        # memory at millions of rows); pad_batch widens each batch to int32.
+        values = col.values.to_numpy(zero_copy_only=False)
+        features[n] = values.astype(np.int32, copy=False) if n == "input_ids" or values.dtype.kind != "i" else values
         offsets = col.offsets.to_numpy().astype(np.int64)
     if not names or len(split.texts) == 0:
         features = {n: np.zeros(0, np.int32) for n in names}
     return Encoded(features, offsets, np.asarray(split.labels, dtype=np.int32))
+
+
+def truncate(full: Encoded, split: Split, tokenizer, max_length: int) -> Encoded:
+    """`full` (the rows of `split` encoded at a larger length) as if encoded at max_length.
+
+    A fast tokenizer tokenizes a whole text before it truncates, so encoding at the model's limit
+    once (to count every row's tokens) costs no more than encoding at max_length. The few rows
+    longer than max_length are tokenized again at max_length (the tokenizer's own truncation,
+    right for pairs and special tokens) and spliced in with one numpy gather.
+    """
+    lengths = full.lengths
+    long = np.flatnonzero(lengths > max_length)
+    if len(long) == 0:
+        return full
+    short = encode(split.take(long), tokenizer, max_length)
+    new_lengths = lengths.copy()
+    new_lengths[long] = short.lengths
+    # Row r's tokens start at `start[r]` in the concatenation (full values, then the re-encoded ones).
+    start = full.offsets[:-1].copy()
+    start[long] = int(full.offsets[-1]) + short.offsets[:-1]
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(new_lengths, out=offsets[1:])
+    source = np.repeat(start - offsets[:-1], new_lengths) + np.arange(int(offsets[-1]))
+    feats = {n: np.concatenate([full.features[n], short.features[n]])[source] for n in full.names}
+    return Encoded(feats, offsets, full.labels)
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, shuffle: bool = True

@@ -84,10 +84,20 @@ def load_tokenizer(path: Path, cfg: ModelConfig):
     limits = [getattr(config, "max_position_embeddings", None), tokenizer.model_max_length]
     limit = min(x for x in limits if x and x < _UNKNOWN_LIMIT) if any(
         x and x < _UNKNOWN_LIMIT for x in limits) else None
-    if limit is not None and cfg.max_length > limit:
+    if limit is not None and cfg.max_length != "auto" and cfg.max_length > limit:
         raise ConfigError(f"--max-length {cfg.max_length} exceeds this model's limit of {limit} tokens; "
                           f"use --max-length {limit} or less")
     return tokenizer
+
+
+def length_limit(path: Path, tokenizer) -> int | None:
+    """The model's longest input in tokens (position embeddings, tokenizer limit), None if unstated."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
+    limits = [x for x in (getattr(config, "max_position_embeddings", None), tokenizer.model_max_length)
+              if x and x < _UNKNOWN_LIMIT]
+    return min(limits) if limits else None
 
 
 def load_classifier(path: Path, kind: str, label_names: tuple[str, ...]):

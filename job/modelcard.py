@@ -66,6 +66,9 @@ def _card(metrics: dict, run_uri: str | None, plots: Sequence[str]) -> str:
     lines += ["", f"Validation split: {data.get('validation_source', 'unknown')}. "
               f"Validation fingerprint: `{data.get('validation_fingerprint', 'unknown')}` (a hash of its texts and "
               "labels: runs with the same fingerprint were scored on the same data and can be compared).", ""]
+    if metrics.get("data_report"):
+        lines += ["What is in the data (label balance, duplicates, train/validation overlap, token lengths): "
+                  "[data.md](data.md).", ""]
 
     lines += ["## Training", ""]
     hp = [[k, _num(v)] for k, v in train_cfg.items()]

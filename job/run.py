@@ -19,8 +19,8 @@ from typing import Callable
 
 import tensorflow as tf
 
-from job import (champion, checkpoints, distribution, evaluation, export, features, modelcard, plots, progress,
-                 publish, report, storage, tblog, training)
+from job import (champion, checkpoints, datareport, distribution, evaluation, export, features, modelcard, plots,
+                 progress, publish, report, storage, tblog, training)
 from job import data as data_step
 from job import model as model_step
 from job.config import JobConfig
@@ -83,6 +83,9 @@ class Features:
     validation: features.Encoded
     pad_id: int
     pad_multiple: int
+    max_length: int = 0  # the truncation length used (--max-length auto resolved)
+    train_lengths: object = None  # training rows' token counts before truncation (datareport)
+    limit: int | None = None  # the model's longest input, if it states one
 
 
 @dataclasses.dataclass
@@ -127,6 +130,7 @@ def _run(cfg: JobConfig, preemption: training.Preemption, hooks: Hooks) -> dict 
                      runtime.topology.worker_index)
             return None
         feats = tokenize(cfg, inputs, timer)
+        cfg, data_report = report_data(cfg, inputs, feats)
         if hooks.pad_multiple:
             feats.pad_multiple = hooks.pad_multiple
         model, precision = build_model(cfg, inputs, runtime, timer)
@@ -145,6 +149,7 @@ def _run(cfg: JobConfig, preemption: training.Preemption, hooks: Hooks) -> dict 
             layout = export.export_all(model, inputs.tokenizer, feats.train.names, staging, cfg.model.max_length,
                                        val.texts, val.pairs)
         metrics = report.run_metrics(cfg, identity.fingerprint, timer, inputs.data, trained, final, layout)
+        metrics["data_report"] = data_report
         write_outputs(staging, cfg, metrics, board.learning_rates, timer)
         if not runtime.topology.is_chief:
             # Every worker exports (TF's rule for multi-worker saving); only the chief publishes.
@@ -211,12 +216,32 @@ def build_runtime(cfg: JobConfig, inputs: Inputs, finished: dict | None = None) 
 
 
 def tokenize(cfg: JobConfig, inputs: Inputs, timer: report.PhaseTimer) -> Features:
+    """Token ids at --max-length; training rows are counted up to the model's limit on the way, for
+    the data report and --max-length auto."""
+    limit = model_step.length_limit(inputs.checkpoint, inputs.tokenizer)
+    requested = cfg.model.max_length
+    ceiling = limit or max(datareport.UNKNOWN_LIMIT_CAP, 0 if requested == "auto" else requested)
     with timer("tokenize"):
-        train_enc = features.encode(inputs.data.train, inputs.tokenizer, cfg.model.max_length)
-        val_enc = features.encode(inputs.data.validation, inputs.tokenizer, cfg.model.max_length)
+        full = features.encode(inputs.data.train, inputs.tokenizer, ceiling)
+        lengths = full.lengths
+        max_length = datareport.choose_max_length(lengths, limit) if requested == "auto" else requested
+        train_enc = features.truncate(full, inputs.data.train, inputs.tokenizer, max_length)
+        del full
+        val_enc = features.encode(inputs.data.validation, inputs.tokenizer, max_length)
     # With XLA, batch widths are rounded up so that only a handful of shapes get compiled.
     multiple = features.pad_multiple(training.jit_compile_enabled(cfg.train))
-    return Features(train_enc, val_enc, inputs.tokenizer.pad_token_id or 0, multiple)
+    return Features(train_enc, val_enc, inputs.tokenizer.pad_token_id or 0, multiple, max_length, lengths, limit)
+
+
+def report_data(cfg: JobConfig, inputs: Inputs, feats: Features) -> tuple[JobConfig, dict]:
+    """The data report (logged in one line; report/data.md, metrics.json), --max-leakage enforced,
+    and the config with --max-length auto resolved to the length chosen."""
+    rep = datareport.build(inputs.data, feats.train_lengths, feats.max_length, cfg.model.max_length, feats.limit)
+    log.info("%s", datareport.summary_line(rep))
+    datareport.check_leakage(rep, cfg.data.max_leakage)
+    if cfg.model.max_length == "auto":
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, max_length=feats.max_length))
+    return cfg, rep
 
 
 def build_model(cfg: JobConfig, inputs: Inputs, runtime: Runtime, timer: report.PhaseTimer):
@@ -327,6 +352,8 @@ def write_report(staging: Path, metrics: dict, learning_rates: list[float], run_
     folder = staging / REPORT
     folder.mkdir(exist_ok=True)
     plot_files = plots.write_report_plots(metrics, learning_rates, folder)
+    if metrics.get("data_report"):
+        (folder / "data.md").write_text(datareport.markdown(metrics["data_report"]))
     (folder / "README.md").write_text(modelcard.model_card(metrics, run_uri, plot_files))
 
 

@@ -52,7 +52,7 @@ def cases(tmp_path, good, tiny_checkpoints):
     write(no_weights / "config.json", '{"model_type": "bert"}')
     latin1 = tmp_path / "latin1.csv"
     latin1.write_bytes("text,label\ncaf\u00e9,1\nbad,0\n".encode("latin-1"))
-    tabs = write(tmp_path / "tabs.csv", "text\tlabel\nx\t1\ny\t0\n")
+    tabs = write(tmp_path / "tabs.csv", "sentence\tlabel\nx\t1\ny\t0\n")  # no 'text' under any delimiter
     blank = write(tmp_path / "blank.csv", "text,label\nx,1\n \t ,0\n")
     null_label = write(tmp_path / "nulllabel.csv", "text,label\nx,1\ny,\n")
     one_class = write(tmp_path / "oneclass.csv", "text,label\nx,1\ny,1\nz,1\n")

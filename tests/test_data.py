@@ -122,7 +122,8 @@ BAD = [
     ("header only", b"text,label\n", "header but no rows"),
     ("missing text column", b"sentence,label\nx,1\ny,0\n", "no column 'text'"),
     ("missing label column", b"text,target\nx,1\ny,0\n", "no column 'label'"),
-    ("wrong delimiter", b"text\tlabel\nx\t1\ny\t0\n", "another delimiter: try --format tsv"),
+    # The header does not name --text-column under any delimiter, so sniffing cannot pick the tab.
+    ("wrong delimiter", b"sentence\tlabel\nx\t1\ny\t0\n", "another delimiter: try --format tsv"),
     ("empty text", b"text,label\nx,1\n   ,0\n", "row 3: empty value in the text column"),
     ("null label", b"text,label\nx,1\ny,\n", "row 3: missing label"),
     ("single class", b"text,label\nx,1\ny,1\n", "single class"),
