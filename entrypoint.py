@@ -76,6 +76,8 @@ def train(
     data_format: Annotated[str, _opt("FT_FORMAT", "auto (from the file name), csv, tsv, jsonl or parquet.", DATA, "--format")] = DataConfig.data_format,
     validation_fraction: Annotated[float, _opt("FT_VALIDATION_FRACTION", "Share of train held out when no validation split exists.", DATA)] = DataConfig.validation_fraction,
     max_train_examples: Annotated[Optional[int], _opt("FT_MAX_TRAIN_EXAMPLES", "Train on a random subset of this many rows.", DATA)] = None,
+    problem_type: Annotated[str, _opt("FT_PROBLEM_TYPE", "auto (multi_label when labels are lists or --label-separator is given, else single_label), single_label, multi_label or regression.", DATA)] = DataConfig.problem_type,
+    label_separator: Annotated[Optional[str], _opt("FT_LABEL_SEPARATOR", "Multi-label labels as one delimited string, e.g. ',' or '|'.", DATA)] = None,
     num_labels: Annotated[Optional[int], _opt("FT_NUM_LABELS", "Number of classes; inferred from the training labels when absent.", MODEL)] = None,
     max_length: Annotated[int, _opt("FT_MAX_LENGTH", "Truncate texts to this many tokens.", MODEL)] = ModelConfig.max_length,
     epochs: Annotated[int, _opt("FT_EPOCHS", "Passes over the training data.", TRAIN)] = TrainConfig.epochs,
@@ -89,10 +91,16 @@ def train(
     precision: Annotated[str, _opt("FT_PRECISION", "auto (bf16 on GPUs of compute capability 8.0+, fp16 with loss scaling on 7.x, else fp32; fp32 on CPU), fp32, bf16 or fp16; head, logits and loss stay float32.", TRAIN)] = TrainConfig.precision,
     jit_compile: Annotated[str, _opt("FT_JIT_COMPILE", "XLA-compile the train step: auto (on with GPUs), on or off.", TRAIN)] = TrainConfig.jit_compile,
     steps_per_execution: Annotated[int, _opt("FT_STEPS_PER_EXECUTION", "Optimizer steps per call into the compiled step (callbacks run every N steps).", TRAIN)] = TrainConfig.steps_per_execution,
+    select_best: Annotated[str, _opt("FT_SELECT_BEST", "Publish the epoch with the best validation METRIC (loss, accuracy, macro_f1, micro_f1, pearson, spearman, mse) or 'last'; default: the promotion metric, else loss.", TRAIN)] = TrainConfig.select_best,
+    early_stopping_patience: Annotated[int, _opt("FT_EARLY_STOPPING_PATIENCE", "Stop after N epochs without improvement of the --select-best metric; 0: off.", TRAIN)] = TrainConfig.early_stopping_patience,
+    early_stopping_min_delta: Annotated[float, _opt("FT_EARLY_STOPPING_MIN_DELTA", "Smallest change that counts as an improvement.", TRAIN)] = TrainConfig.early_stopping_min_delta,
+    class_weight: Annotated[str, _opt("FT_CLASS_WEIGHT", "none, balanced, or JSON {label: weight}: class weights (single-label) or positive weights per label (multi-label).", TRAIN)] = TrainConfig.class_weight,
+    threshold: Annotated[float, _opt("FT_THRESHOLD", "Multi-label decision threshold on each label's probability.", TRAIN)] = TrainConfig.threshold,
+    tune_thresholds: Annotated[bool, _opt("FT_TUNE_THRESHOLDS", "Multi-label: choose per-label thresholds on validation (best micro-F1); stored with the model.", TRAIN)] = TrainConfig.tune_thresholds,
     checkpoint_dir: Annotated[str, _opt("FT_CHECKPOINT_DIR", "Where training state is kept for resuming (default: OUTPUT/.finetune-job/checkpoints).", OUT)] = "",
     output_root: Annotated[str, _opt("FT_OUTPUT_ROOT", "Retraining root: the run goes to ROOT/runs/RUN_ID, the champion pointer is ROOT/champion.json.", OUT)] = "",
     run_id: Annotated[str, _opt("FT_RUN_ID", "Name of the run (default: UTC time + random suffix); keep it across retries.", OUT)] = "",
-    promote_if_better: Annotated[str, _opt("FT_PROMOTE_IF_BETTER", "METRIC[:MIN_DELTA] (accuracy, macro_f1, loss): become the champion only if better.", OUT)] = "",
+    promote_if_better: Annotated[str, _opt("FT_PROMOTE_IF_BETTER", "METRIC[:MIN_DELTA] (accuracy, macro_f1, loss; micro_f1 multi-label; pearson, spearman, mse regression): become the champion only if better.", OUT)] = "",
     force_promotion: Annotated[bool, _opt("FT_FORCE_PROMOTION", "Promote even if the validation data differ from the champion's.", OUT)] = False,
     tensorboard_dir: Annotated[str, _opt("FT_TENSORBOARD_DIR", "Also copy the TensorBoard events here (Vertex AI: AIP_TENSORBOARD_LOG_DIR).", OUT)] = "",
     report_dir: Annotated[str, _opt("FT_REPORT_DIR", "Also copy report/ here (SageMaker: SM_OUTPUT_DATA_DIR).", OUT)] = "",
@@ -115,12 +123,13 @@ def train(
 
 def _score_config(model: str, data: str, output: str | None, needs_output: bool, text_column: str,
                   text_pair_column: str | None, label_column: str, header: bool, data_format: str, batch_size: int,
-                  max_length: int):
+                  max_length: int, label_separator: str | None = None):
     from job.config import DataConfig, ScoreConfig
 
     return ScoreConfig(model=model, data=data, output=output or None, needs_output=needs_output,
                        rows=DataConfig(text_column=text_column, text_pair_column=text_pair_column,
-                                       label_column=label_column, header=header, data_format=data_format),
+                                       label_column=label_column, header=header, data_format=data_format,
+                                       label_separator=label_separator),
                        batch_size=batch_size, max_length=max_length)
 
 
@@ -164,6 +173,7 @@ def evaluate(
     text_column: TextOpt = "text", text_pair_column: PairOpt = None,
     label_column: Annotated[str, typer.Option(envvar="FT_LABEL_COLUMN", help="Label column (class names of the model).")] = "label",
     header: HeaderOpt = True, data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = 128,
+    label_separator: Annotated[Optional[str], typer.Option(envvar="FT_LABEL_SEPARATOR", help="Multi-label models: labels as one delimited string, e.g. '|'.")] = None,
 ) -> None:
     """Score a trained run on a labelled file: the same metrics as training's evaluation."""
 
@@ -171,7 +181,7 @@ def evaluate(
         from job.predict import evaluate_command
 
         cfg = _score_config(model, data, output, False, text_column, text_pair_column, label_column, header,
-                            data_format, batch_size, max_length)
+                            data_format, batch_size, max_length, label_separator)
         with tempfile.TemporaryDirectory() as tmp:
             result = evaluate_command(cfg, Path(tmp))
         typer.echo(json.dumps(result["evaluation"], indent=2))

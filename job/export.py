@@ -12,11 +12,13 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from job import problem
+
 SAVED_MODEL = "saved_model"
 HF_MODEL = "hf_model"
 
 
-def serving_function(model, input_names: tuple[str, ...]):
+def serving_function(model, input_names: tuple[str, ...], problem_spec=None):
     spec = {n: tf.TensorSpec([None, None], tf.int32, name=n) for n in input_names}
 
     @tf.function(input_signature=[spec])
@@ -24,7 +26,8 @@ def serving_function(model, input_names: tuple[str, ...]):
         logits = model(inputs, training=False).logits
         # Mixed precision may compute in 16-bit: serve float32 regardless.
         logits = tf.cast(logits, tf.float32)
-        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+        # The outputs depend on the problem type (job/problem.py): probabilities, labels or a score.
+        return problem.serving_outputs(logits, problem_spec)
 
     return serve
 
@@ -37,10 +40,10 @@ def weights_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def export_saved_model(model, input_names: tuple[str, ...], path: Path) -> Path:
+def export_saved_model(model, input_names: tuple[str, ...], path: Path, spec=None) -> Path:
     module = tf.Module()
     module.weights = list(model.variables)  # tracked so the captured variables are saved
-    module.serve = serving_function(model, input_names)
+    module.serve = serving_function(model, input_names, spec)
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return path
 
@@ -51,7 +54,7 @@ def export_hf(model, tokenizer, path: Path) -> Path:
     return path
 
 
-def export_all(model, tokenizer, input_names: tuple[str, ...], staging: Path) -> dict[str, str]:
-    export_saved_model(model, input_names, staging / SAVED_MODEL)
+def export_all(model, tokenizer, input_names: tuple[str, ...], staging: Path, spec=None) -> dict[str, str]:
+    export_saved_model(model, input_names, staging / SAVED_MODEL, spec)
     export_hf(model, tokenizer, staging / HF_MODEL)
     return {"saved_model": SAVED_MODEL, "hf_model": HF_MODEL}
