@@ -81,6 +81,8 @@ def train(
     delimiter: Annotated[str, _opt("FT_DELIMITER", "CSV/TSV delimiter: auto (sniffed for .csv from the header), ',', ';', '|' or tab.", DATA)] = DataConfig.delimiter,
     json_field: Annotated[Optional[str], _opt("FT_JSON_FIELD", "JSON document: the top-level key holding the array of rows.", DATA)] = None,
     max_leakage: Annotated[Optional[float], _opt("FT_MAX_LEAKAGE", "Fail (exit 3) when more than this share of validation rows also occur in train.", DATA)] = None,
+    problem_type: Annotated[str, _opt("FT_PROBLEM_TYPE", "auto (multi_label when labels are lists or --label-separator is given, else single_label), single_label, multi_label or regression.", DATA)] = DataConfig.problem_type,
+    label_separator: Annotated[Optional[str], _opt("FT_LABEL_SEPARATOR", "Multi-label labels as one delimited string, e.g. ',' or '|'.", DATA)] = None,
     num_labels: Annotated[Optional[int], _opt("FT_NUM_LABELS", "Number of classes; inferred from the training labels when absent.", MODEL)] = None,
     max_length: Annotated[str, _opt("FT_MAX_LENGTH", "Truncate texts to this many tokens; auto: the smallest multiple of 8 covering 99% of training rows (capped at the model's limit).", MODEL)] = str(ModelConfig.max_length),
     epochs: Annotated[int, _opt("FT_EPOCHS", "Passes over the training data.", TRAIN)] = TrainConfig.epochs,
@@ -94,10 +96,16 @@ def train(
     precision: Annotated[str, _opt("FT_PRECISION", "auto (bf16 on GPUs of compute capability 8.0+, fp16 with loss scaling on 7.x, else fp32; on CPU bf16 with AVX512-BF16/AMX, else fp32), fp32, bf16 or fp16; head, logits and loss stay float32.", TRAIN)] = TrainConfig.precision,
     jit_compile: Annotated[str, _opt("FT_JIT_COMPILE", "XLA-compile the train step: auto (on with GPUs), on or off.", TRAIN)] = TrainConfig.jit_compile,
     steps_per_execution: Annotated[int, _opt("FT_STEPS_PER_EXECUTION", "Optimizer steps per call into the compiled step (callbacks run every N steps).", TRAIN)] = TrainConfig.steps_per_execution,
+    select_best: Annotated[str, _opt("FT_SELECT_BEST", "Publish the epoch with the best validation METRIC (loss, accuracy, macro_f1, micro_f1, pearson, spearman, mse) or 'last'; default: the promotion metric, else loss.", TRAIN)] = TrainConfig.select_best,
+    early_stopping_patience: Annotated[int, _opt("FT_EARLY_STOPPING_PATIENCE", "Stop after N epochs without improvement of the --select-best metric; 0: off.", TRAIN)] = TrainConfig.early_stopping_patience,
+    early_stopping_min_delta: Annotated[float, _opt("FT_EARLY_STOPPING_MIN_DELTA", "Smallest change that counts as an improvement.", TRAIN)] = TrainConfig.early_stopping_min_delta,
+    class_weight: Annotated[str, _opt("FT_CLASS_WEIGHT", "none, balanced, or JSON {label: weight}: class weights (single-label) or positive weights per label (multi-label).", TRAIN)] = TrainConfig.class_weight,
+    threshold: Annotated[float, _opt("FT_THRESHOLD", "Multi-label decision threshold on each label's probability.", TRAIN)] = TrainConfig.threshold,
+    tune_thresholds: Annotated[bool, _opt("FT_TUNE_THRESHOLDS", "Multi-label: choose per-label thresholds on validation (best micro-F1); stored with the model.", TRAIN)] = TrainConfig.tune_thresholds,
     checkpoint_dir: Annotated[str, _opt("FT_CHECKPOINT_DIR", "Where training state is kept for resuming (default: OUTPUT/.finetune-job/checkpoints).", OUT)] = "",
     output_root: Annotated[str, _opt("FT_OUTPUT_ROOT", "Retraining root: the run goes to ROOT/runs/RUN_ID, the champion pointer is ROOT/champion.json.", OUT)] = "",
     run_id: Annotated[str, _opt("FT_RUN_ID", "Name of the run (default: UTC time + random suffix); keep it across retries.", OUT)] = "",
-    promote_if_better: Annotated[str, _opt("FT_PROMOTE_IF_BETTER", "METRIC[:MIN_DELTA] (accuracy, macro_f1, loss): become the champion only if better.", OUT)] = "",
+    promote_if_better: Annotated[str, _opt("FT_PROMOTE_IF_BETTER", "METRIC[:MIN_DELTA] (accuracy, macro_f1, loss; micro_f1 multi-label; pearson, spearman, mse regression): become the champion only if better.", OUT)] = "",
     force_promotion: Annotated[bool, _opt("FT_FORCE_PROMOTION", "Promote even if the validation data differ from the champion's.", OUT)] = False,
     tensorboard_dir: Annotated[str, _opt("FT_TENSORBOARD_DIR", "Also copy the TensorBoard events here (Vertex AI: AIP_TENSORBOARD_LOG_DIR).", OUT)] = "",
     report_dir: Annotated[str, _opt("FT_REPORT_DIR", "Also copy report/ here (SageMaker: SM_OUTPUT_DATA_DIR).", OUT)] = "",
@@ -120,7 +128,7 @@ def train(
 
 def _score_config(model: str, data: str, output: str | None, needs_output: bool, text_column: str,
                   text_pair_column: str | None, label_column: str, header: bool, data_format: str, batch_size: int,
-                  max_length: int | None, reading: dict | None = None):
+                  max_length: int | None, reading: dict | None = None, label_separator: str | None = None):
     from job.config import DataConfig, ScoreConfig
     from job.formats import check_options
 
@@ -128,7 +136,8 @@ def _score_config(model: str, data: str, output: str | None, needs_output: bool,
     check_options(reading.get("encoding", "auto"), reading.get("quoting", "auto"), reading.get("delimiter", "auto"))
     return ScoreConfig(model=model, data=data, output=output or None, needs_output=needs_output,
                        rows=DataConfig(text_column=text_column, text_pair_column=text_pair_column,
-                                       label_column=label_column, header=header, data_format=data_format, **reading),
+                                       label_column=label_column, header=header, data_format=data_format,
+                                       label_separator=label_separator, **reading),
                        batch_size=batch_size, max_length=max_length)
 
 
@@ -181,6 +190,7 @@ def evaluate(
     header: HeaderOpt = True, data_format: FormatOpt = "auto", batch_size: BatchOpt = 64, max_length: LengthOpt = None,
     encoding: EncodingOpt = "auto", quoting: QuotingOpt = "auto", delimiter: DelimiterOpt = "auto",
     json_field: JsonFieldOpt = None,
+    label_separator: Annotated[Optional[str], typer.Option(envvar="FT_LABEL_SEPARATOR", help="Multi-label models: labels as one delimited string, e.g. '|'.")] = None,
 ) -> None:
     """Score a trained run on a labelled file: the same metrics as training's evaluation."""
 
@@ -189,7 +199,8 @@ def evaluate(
 
         cfg = _score_config(model, data, output, False, text_column, text_pair_column, label_column, header,
                             data_format, batch_size, max_length, dict(encoding=encoding, quoting=quoting,
-                                                                      delimiter=delimiter, json_field=json_field))
+                                                                      delimiter=delimiter, json_field=json_field),
+                            label_separator)
         with tempfile.TemporaryDirectory() as tmp:
             result = evaluate_command(cfg, Path(tmp))
         typer.echo(json.dumps(result["evaluation"], indent=2))

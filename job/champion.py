@@ -16,8 +16,9 @@ data. Serving reads the pointer, never "the latest run".
 
 Semantics
 ---------
-- Spec "METRIC[:MIN_DELTA]": METRIC is accuracy, macro_f1 (higher is better) or loss (validation
-  cross-entropy, lower is better); the candidate must improve on the champion by more than 0 and by
+- Spec "METRIC[:MIN_DELTA]": METRIC is accuracy, macro_f1, micro_f1, pearson, spearman (higher is
+  better), loss (the validation loss of the problem type) or mse (lower is better), each only for the
+  problem types it fits (job/problem.py FITTING, refused at start otherwise); the candidate must improve on the champion by more than 0 and by
   at least MIN_DELTA (default 0): ties keep the incumbent.
 - Runs scored on different validation data (fingerprints differ or one is missing) are not compared:
   the run is not promoted and the reason says so. `force` promotes unconditionally - the way to move
@@ -89,7 +90,8 @@ def candidate(run_id: str, run_uri: str, metrics: dict) -> dict:
         "run": run_id,
         "uri": run_uri,
         # A non-finite score becomes null: champion.json stays strict JSON, and null never wins.
-        "metrics": {k: _finite_or_none(final.get(k)) for k in ("accuracy", "macro_f1", "loss", "examples")},
+        # The metrics of the run's problem type (others are absent from its evaluation: left out).
+        "metrics": {k: _finite_or_none(final.get(k)) for k in (*METRICS, "examples") if k in final},
         "validation_fingerprint": (metrics.get("data") or {}).get("validation_fingerprint"),
     }
 

@@ -21,7 +21,11 @@ DATA_FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "parquet", "arrow")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 JIT_COMPILE = ("auto", "on", "off")
 # Promotion metrics and their direction: +1 higher is better, -1 lower is better.
-PROMOTION_METRICS = {"accuracy": +1, "macro_f1": +1, "loss": -1}
+PROMOTION_METRICS = {"accuracy": +1, "macro_f1": +1, "loss": -1, "micro_f1": +1, "pearson": +1, "spearman": +1,
+                     "mse": -1}
+# --problem-type: auto is multi_label when the label column holds lists (or --label-separator is
+# given), else single_label; regression is never guessed (integer scores would look like classes).
+PROBLEM_TYPES = ("auto", "single_label", "multi_label", "regression")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +56,10 @@ class DataConfig:
     json_field: str | None = None
     # Fail (exit 3) when more than this share of validation rows also occur in train; None: report only.
     max_leakage: float | None = None
+    # auto | single_label | multi_label | regression (job/problem.py, job/labels.py).
+    problem_type: str = "auto"
+    # Multi-label labels written as one delimited string ("sports|news"); lists need none.
+    label_separator: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +99,19 @@ class TrainConfig:
     # Optimizer steps per call into the compiled step: >1 saves host round trips on fast GPUs;
     # callbacks (progress, NaN check, checkpoints) then run every this many steps.
     steps_per_execution: int = 1
+    # The epoch whose weights are published: best validation METRIC (loss, accuracy, macro_f1,
+    # micro_f1, pearson, spearman, mse), or "last". Empty: the promotion metric when given, else loss.
+    select_best: str = ""
+    # Stop after this many epochs without an improvement of at least min_delta; 0: never.
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    # none | balanced | a JSON object {label: weight}. Single-label: per-class loss weights;
+    # multi-label: per-label positive weights (balanced: negatives / positives of each label).
+    class_weight: str = "none"
+    # Multi-label decision threshold on each label's probability, or per-label thresholds chosen on
+    # validation (best F1 per label); stored with the model and used by serving, predict, evaluate.
+    threshold: float = 0.5
+    tune_thresholds: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +125,8 @@ class OutputConfig:
     # The run's name; from the start time and a random suffix when empty. Kubernetes passes the
     # Job's name so that a retried pod continues (and publishes) the same run.
     run_id: str = ""
-    # METRIC[:MIN_DELTA] (accuracy, macro_f1 or loss): after publishing, make this run the champion
+    # METRIC[:MIN_DELTA] (accuracy, macro_f1, loss; micro_f1 multi-label; pearson, spearman, mse
+    # regression): after publishing, make this run the champion
     # only if it beats the current one by MIN_DELTA on the same validation data.
     promote_if_better: str = ""
     # Promote even across different validation data (or when champion.json is unreadable).
@@ -211,6 +233,23 @@ def validate(cfg: JobConfig) -> None:
                           ("text-pair-column", d.text_pair_column)):
             if col is not None and not col.isdigit():
                 raise ConfigError(f"with --no-header, --{flag} must be a 0-based column position, got {col!r}")
+    if d.problem_type not in PROBLEM_TYPES:
+        raise ConfigError(f"--problem-type must be one of {', '.join(PROBLEM_TYPES)}, got {d.problem_type!r}")
+    if d.label_separator is not None and (d.label_separator == "" or d.label_separator.strip() != d.label_separator):
+        raise ConfigError(f"--label-separator must be a non-blank string without surrounding spaces, got "
+                          f"{d.label_separator!r}")
+    if d.label_separator is not None and d.problem_type in ("single_label", "regression"):
+        raise ConfigError(f"--label-separator splits multi-label labels; it does not apply to --problem-type "
+                          f"{d.problem_type}: drop it or use --problem-type multi_label")
+    if not (math.isfinite(t.threshold) and 0 < t.threshold < 1):
+        raise ConfigError(f"--threshold must be between 0 and 1 (exclusive), got {t.threshold}")
+    if t.early_stopping_patience < 0:
+        raise ConfigError(f"--early-stopping-patience must be 0 (off) or more, got {t.early_stopping_patience}")
+    if not (math.isfinite(t.early_stopping_min_delta) and t.early_stopping_min_delta >= 0):
+        raise ConfigError(f"--early-stopping-min-delta must be 0 or more, got {t.early_stopping_min_delta}")
+    from job import problem  # the problem type's rules live there; imported late: it imports TF lazily
+
+    problem.check_settings(cfg)
     _check_places(cfg)
 
 

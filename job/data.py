@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from job import formats, storage
+from job import labels as label_rules
 from job.config import DataConfig
-from job.errors import DataError
+from job.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ _C0_NAMES = ("NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "BEL", "BS", "HT",
 class Split:
     texts: tuple[str, ...]
     pairs: tuple[str, ...] | None  # second text per row, for sentence-pair tasks
-    labels: np.ndarray  # int32 class ids
+    labels: np.ndarray  # int32 class ids; multi-label float32 0/1 [n, K]; regression float32 (job/labels.py)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -60,6 +61,7 @@ class LabelledData:
     label_names: tuple[str, ...]
     validation_source: str  # "file" or "carved from train"
     sources: dict  # split -> list of files read
+    problem: str = "single_label"  # the problem type, `auto` resolved (job/problem.py)
 
     @property
     def num_labels(self) -> int:
@@ -71,7 +73,8 @@ class LabelledData:
         h = hashlib.sha256()
         for i in range(len(s)):
             pair = s.pairs[i] if s.pairs is not None else ""
-            h.update(f"{s.texts[i]}\x1f{pair}\x1f{self.label_names[s.labels[i]]}\x1e".encode())
+            target = label_rules.key(self.problem, s.labels[i], self.label_names)
+            h.update(f"{s.texts[i]}\x1f{pair}\x1f{target}\x1e".encode())
         return h.hexdigest()[:16]
 
 
@@ -216,8 +219,8 @@ def _number_label(value: decimal.Decimal | float, shown: str) -> str:
     integral = finite and (value == int(value) if isinstance(value, (int, float)) else
                            value == value.to_integral_value())
     if not integral:
-        raise _LabelProblem(f"the label {shown} is not a whole number; this job trains classifiers (regression "
-                            "is not supported): use integer class ids or non-numeric class names")
+        raise _LabelProblem(f"the label {shown} is not a whole number, so it cannot be a class: use integer "
+                            "class ids or class names, or --problem-type regression for scores")
     return str(int(value))
 
 
@@ -256,7 +259,7 @@ def _label(v: object) -> str:
         raise _LabelProblem(f"the label is a JSON object ({_preview(v)}); labels must be a class name or id")
     if isinstance(v, (list, tuple, np.ndarray)):
         raise _LabelProblem(f"the label is a list ({_preview(v)}); labels must be a class name or id, "
-                            "one per row (multi-label is not supported)")
+                            "one per row (multi-label: --problem-type multi_label)")
     return str(v)
 
 
@@ -306,7 +309,7 @@ def _label_strings(col: pd.Series, src: _Source) -> list[str]:
 class RawSplit:
     texts: list[str]
     pairs: list[str] | None
-    labels: list[str]
+    labels: list  # str per row; multi-label: tuple of str; regression: float (job/labels.py)
 
 
 def read_split(paths: list[Path], shown: list[str], cfg: DataConfig, labelled: bool = True) -> RawSplit:
@@ -326,7 +329,10 @@ def read_split(paths: list[Path], shown: list[str], cfg: DataConfig, labelled: b
         if pairs is not None:
             pairs += _texts(_column(frame, cfg.text_pair_column, "text-pair-column", name), "text-pair-column", src)
         if labelled:
-            labels += _label_strings(_column(frame, cfg.label_column, "label-column", name), src)
+            col = _column(frame, cfg.label_column, "label-column", name)
+            kind = label_rules.column_kind(col, cfg.problem_type, cfg.label_separator)
+            labels += _label_strings(col, src) if kind == "single_label" else label_rules.parse_column(
+                col.tolist(), kind, cfg.label_separator, name, src.row, _label)
     return RawSplit(texts, pairs, labels)
 
 
@@ -393,7 +399,13 @@ def load(cfg: DataConfig, num_labels: int | None, seed: int, scratch: Path) -> L
         raw[split] = read_split(local, shown, cfg)
         log.info("read %s split: %d rows from %d file(s) at %s", split, len(raw[split].texts), len(files), base)
     tr, va = raw["train"], raw.get("validation")
-    train_ids, val_ids, names = encode_labels(tr.labels, va.labels if va else None, num_labels)
+    kind = _problem_of(cfg, tr, va)
+    if kind == "single_label":
+        train_ids, val_ids, names = encode_labels(tr.labels, va.labels if va else None, num_labels)
+    else:
+        if num_labels is not None:
+            raise ConfigError(f"--num-labels applies to single-label data; the labels make this {kind}: drop it")
+        train_ids, val_ids, names = label_rules.encode(kind, tr.labels, va.labels if va else None)
     train = Split(tuple(tr.texts), tuple(tr.pairs) if tr.pairs is not None else None, train_ids)
     rng = np.random.default_rng(seed)
     if va is not None:
@@ -408,7 +420,21 @@ def load(cfg: DataConfig, num_labels: int | None, seed: int, scratch: Path) -> L
         log.info("no validation split found: %s", source)
     if cfg.max_train_examples and cfg.max_train_examples < len(train):
         train = train.take(np.sort(rng.permutation(len(train))[: cfg.max_train_examples]))
-    if len(set(train.labels.tolist())) < 2:
+    if kind == "single_label" and len(set(train.labels.tolist())) < 2:
         raise DataError("after carving validation and --max-train-examples, training holds a single class: "
                         "use more rows")
-    return LabelledData(train, validation, names, source, sources)
+    return LabelledData(train, validation, names, source, sources, kind)
+
+
+def _problem_of(cfg: DataConfig, train: RawSplit, validation: RawSplit | None) -> str:
+    """`auto` resolved: multi-label when the train labels were read as lists (job/labels.py)."""
+    if cfg.problem_type != "auto":
+        return cfg.problem_type
+    listed = [isinstance(v, tuple) for v in train.labels]
+    if any(listed) and not all(listed):
+        raise DataError("some training files hold label lists and others single labels: pass --problem-type")
+    kind = "multi_label" if train.labels and listed[0] else "single_label"
+    if validation is not None and any(isinstance(v, tuple) for v in validation.labels) != (kind == "multi_label"):
+        raise DataError(f"the training labels make this {kind} but the validation labels do not match: "
+                        "use the same label form in both splits")
+    return kind

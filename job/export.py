@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from job import problem
+
 log = logging.getLogger(__name__)
 
 SAVED_MODEL = "saved_model"
@@ -37,12 +39,16 @@ WARMUP_ROWS = 3
 PREDICTION_CHECK_ROWS = 64
 PREDICTION_TOLERANCE = 1e-5
 CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
 
 
-def heads(logits: tf.Tensor, label_names: Sequence[str]) -> dict[str, tf.Tensor]:
-    """Logits -> every signature's outputs. The one place that knows the problem type (softmax over
-    exclusive classes), so another problem type swaps only this function."""
+def heads(logits: tf.Tensor, label_names: Sequence[str], spec=None) -> dict[str, tf.Tensor]:
+    """Logits -> every signature's outputs, by problem type: single-label adds the argmax class
+    (`label`, `label_id`) to the softmax; multi-label and regression are job.problem.serving_outputs
+    (per-label sigmoids with the labels above their thresholds; `score`)."""
     logits = tf.cast(logits, tf.float32)  # mixed precision may compute in 16-bit: serve float32 regardless
+    if spec is not None and spec.kind != problem.SINGLE:
+        return problem.serving_outputs(logits, spec)
     label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
     return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1), "label_id": label_id,
             "label": tf.gather(tf.constant(list(label_names), tf.string), label_id)}
@@ -53,20 +59,30 @@ def label_names_of(model) -> tuple[str, ...]:
     return tuple(str(id2label[i]) for i in range(len(id2label)))
 
 
-def serving_function(model, input_names: tuple[str, ...], label_names: Sequence[str] | None = None):
+def serving_function(model, input_names: tuple[str, ...], label_names: Sequence[str] | None = None, spec=None):
     """The token-ids signature (`serve_token_ids`)."""
     label_names = tuple(label_names or label_names_of(model))
     spec = {n: tf.TensorSpec([None, None], tf.int32, name=n) for n in input_names}
 
     @tf.function(input_signature=[spec], autograph=False)  # see text_functions
     def serve(inputs):
-        return heads(model(inputs, training=False).logits, label_names)
+        return heads(model(inputs, training=False).logits, label_names, spec)
 
     return serve
 
 
-def text_functions(model, graph_tokenizer, input_names: tuple[str, ...], label_names: Sequence[str], pair: bool):
-    """(serving_default, classify) tf.functions that tokenize in the graph."""
+def is_regression(spec) -> bool:
+    return spec is not None and spec.kind == problem.REGRESSION
+
+
+def api_signature(spec) -> str:
+    """TF Serving's API for the problem type: Classify (classes and scores), or Regress for a score."""
+    return "regress" if is_regression(spec) else "classify"
+
+
+def text_functions(model, graph_tokenizer, input_names: tuple[str, ...], label_names: Sequence[str], pair: bool,
+                   spec=None):
+    """(serving_default, classify or regress) tf.functions that tokenize in the graph."""
     label_names = tuple(label_names)
 
     def predict(text, text_pair=None):
@@ -74,7 +90,7 @@ def text_functions(model, graph_tokenizer, input_names: tuple[str, ...], label_n
         # Static rank 2 (ragged to_tensor leaves the rank unknown): the model then traces as fast as
         # from the ids signature.
         inputs = {n: tf.ensure_shape(enc[n], [None, None]) for n in input_names}
-        return heads(model(inputs, training=False).logits, label_names)
+        return heads(model(inputs, training=False).logits, label_names, spec)
 
     text_spec = tf.TensorSpec([None], tf.string, name="text")
     pair_spec = tf.TensorSpec([None], tf.string, name="text_pair")
@@ -94,6 +110,8 @@ def text_functions(model, graph_tokenizer, input_names: tuple[str, ...], label_n
         features = tf.io.parse_example(inputs, feature_spec)
         # A call of the traced serve function, not a second copy of the tokenizer and model graph.
         out = serve(features["text"], features["text_pair"]) if pair else serve(features["text"])
+        if is_regression(spec):
+            return {"outputs": out["score"]}  # the Regress API's one output
         scores = out["probabilities"]
         classes = tf.tile(tf.constant([list(label_names)], tf.string), [tf.shape(scores)[0], 1])
         return {"classes": classes, "scores": scores}
@@ -110,22 +128,23 @@ def weights_digest(model) -> str:
 
 
 def export_saved_model(model, input_names: tuple[str, ...], path: Path, label_names: Sequence[str] | None = None,
-                       graph_tokenizer=None, pair: bool = False) -> list[str]:
+                       graph_tokenizer=None, pair: bool = False, spec=None) -> list[str]:
     """Write the SavedModel; returns its signature names (text ones only with a graph_tokenizer)."""
     label_names = tuple(label_names or label_names_of(model))
     module = tf.Module()
     module.weights = list(model.variables)  # tracked so the captured variables are saved
-    module.serve_token_ids = serving_function(model, input_names, label_names)
+    module.serve_token_ids = serving_function(model, input_names, label_names, spec)
     signatures = {"serve_token_ids": module.serve_token_ids}
     if graph_tokenizer is not None:
         module.tokenizer = graph_tokenizer  # tracked: its vocabulary tables and model file are saved
-        module.serve_text, module.classify = text_functions(model, graph_tokenizer, input_names, label_names, pair)
-        signatures.update(serving_default=module.serve_text, classify=module.classify)
+        module.serve_text, module.classify = text_functions(model, graph_tokenizer, input_names, label_names, pair,
+                                                            spec)
+        signatures.update({"serving_default": module.serve_text, api_signature(spec): module.classify})
     else:
         signatures["serving_default"] = module.serve_token_ids
     tf.saved_model.save(module, str(path), signatures=signatures)
     if graph_tokenizer is not None:
-        _set_method(path, "classify", CLASSIFY_METHOD)
+        _set_method(path, api_signature(spec), REGRESS_METHOD if is_regression(spec) else CLASSIFY_METHOD)
     return sorted(signatures)
 
 
@@ -216,7 +235,8 @@ def prediction_gap(path: Path, tokenizer, input_names: tuple[str, ...], max_leng
     enc = tokenizer(t, *([p] if p is not None else []), truncation=True, max_length=max_length, padding=True,
                     return_tensors="np")
     via_ids = sigs["serve_token_ids"](**{k: tf.constant(enc[k], tf.int32) for k in input_names})
-    return serving.max_abs_difference(via_text["probabilities"].numpy(), via_ids["probabilities"].numpy())
+    key = "score" if "score" in via_ids else "probabilities"
+    return serving.max_abs_difference(via_text[key].numpy(), via_ids[key].numpy())
 
 
 def write_warmup(path: Path, inputs: dict[str, np.ndarray], signature: str = "serving_default") -> Path:
@@ -234,7 +254,7 @@ def write_warmup(path: Path, inputs: dict[str, np.ndarray], signature: str = "se
 
 
 def export_all(model, tokenizer, input_names: tuple[str, ...], staging: Path, max_length: int | None = None,
-               texts: Sequence[str] = (), pairs: Sequence[str] | None = None) -> dict:
+               texts: Sequence[str] = (), pairs: Sequence[str] | None = None, spec=None) -> dict:
     """saved_model/, serving/1/ (+ warm-up) and hf_model/ into `staging`; returns the layout for
     metrics.json. Text signatures need max_length and validation texts to prove them on."""
     texts = list(texts)
@@ -243,7 +263,8 @@ def export_all(model, tokenizer, input_names: tuple[str, ...], staging: Path, ma
         graph, record = text_serving(tokenizer, max_length, texts, pairs)
     else:
         graph, record = None, {"text_signatures": False, "reason": "no validation texts to check the tokenizer on"}
-    signatures = export_saved_model(model, input_names, staging / SAVED_MODEL, graph_tokenizer=graph, pair=pair)
+    signatures = export_saved_model(model, input_names, staging / SAVED_MODEL, graph_tokenizer=graph, pair=pair,
+                                    spec=spec)
     if graph is not None:
         gap = prediction_gap(staging / SAVED_MODEL, tokenizer, input_names, max_length, texts, pairs)
         record["prediction_max_abs_difference"] = gap
@@ -252,7 +273,7 @@ def export_all(model, tokenizer, input_names: tuple[str, ...], staging: Path, ma
             record.update(text_signatures=False, reason=f"text and token-id predictions differ by {gap:.2e} "
                                                         f"(> {PREDICTION_TOLERANCE})")
             shutil.rmtree(staging / SAVED_MODEL)
-            signatures = export_saved_model(model, input_names, staging / SAVED_MODEL, pair=pair)
+            signatures = export_saved_model(model, input_names, staging / SAVED_MODEL, pair=pair, spec=spec)
         else:
             record["reason"] = "identical ids on every sampled validation row, and the same predictions"
     if graph is None:

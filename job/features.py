@@ -42,7 +42,7 @@ class Encoded:
 
     features: dict[str, np.ndarray]  # name -> flat values (input_ids int32, masks and segment ids int8)
     offsets: np.ndarray  # int64, len(rows) + 1
-    labels: np.ndarray  # int32
+    labels: np.ndarray  # int32 class ids, or float32 targets (multi-label [n, K], regression [n])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,7 +84,12 @@ def encode(split: Split, tokenizer, max_length: int) -> Encoded:
         offsets = col.offsets.to_numpy().astype(np.int64)
     if not names or len(split.texts) == 0:
         features = {n: np.zeros(0, np.int32) for n in names}
-    return Encoded(features, offsets, np.asarray(split.labels, dtype=np.int32))
+    return Encoded(features, offsets, _targets(split.labels))
+
+
+def _targets(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    return labels.astype(np.float32 if labels.dtype.kind == "f" else np.int32)
 
 
 def truncate(full: Encoded, split: Split, tokenizer, max_length: int) -> Encoded:
@@ -209,7 +214,8 @@ def replica_batches(idx: np.ndarray, global_batch: int, shard: Sharding) -> list
 
 def _signature(enc: Encoded):
     x = {n: tf.TensorSpec([None, None], tf.int32) for n in enc.names}
-    return x, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)
+    y = tf.TensorSpec([None, *enc.labels.shape[1:]], tf.float32 if enc.labels.dtype.kind == "f" else tf.int32)
+    return x, y, tf.TensorSpec([None], tf.float32)
 
 
 def _dataset(enc: Encoded, batches, global_batch: int, max_length: int, pad_id: int, shard: Sharding,

@@ -49,6 +49,10 @@ def _card(metrics: dict, run_uri: str | None, plots: Sequence[str]) -> str:
     labels = data.get("labels") or list(final.get("per_class", {}))
     where = (run_uri or cfg.get("output", {}).get("output") or "RUN").rstrip("/")
 
+    prob = metrics.get("problem") or {}
+    kind = prob.get("problem_type", "single_label")
+    if kind != "single_label":
+        return _other_card(metrics, run_uri, plots, kind)
     lines = [f"# Model card: text classifier fine-tuned from `{base}`", ""]
     lines += [f"Sequence classification into {len(labels)} classes ({', '.join(f'`{_cell(n)}`' for n in labels)}), "
               f"fine-tuned by finetune-job with TensorFlow/Keras. Run started {metrics.get('started_at', 'unknown')}, "
@@ -84,6 +88,7 @@ def _card(metrics: dict, run_uri: str | None, plots: Sequence[str]) -> str:
                           _num(e.get("val_accuracy"))] for i, e in enumerate(metrics["epochs"])])
         lines += [""]
 
+    lines += _selection_lines(metrics)
     # -- results
     lines += ["## Evaluation (validation split)", ""]
     lines += _table(["Metric", "Value"], [["accuracy", _num(final.get("accuracy"))],
@@ -159,6 +164,108 @@ def _card(metrics: dict, run_uri: str | None, plots: Sequence[str]) -> str:
               f'tokenizer = AutoTokenizer.from_pretrained("{where}/hf_model")',
               "# model.config.id2label maps class ids to the names above", "```", ""]
 
+    versions = metrics.get("versions", {})
+    if versions:
+        lines += ["## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
+    return "\n".join(lines)
+
+
+def _selection_lines(metrics: dict) -> list[str]:
+    """Which epoch was published, with the best and the last figure; class weights when used."""
+    sel = metrics.get("selection") or {}
+    prob = metrics.get("problem") or {}
+    lines = []
+    if sel.get("metric") and sel.get("metric") != "last":
+        lines += [f"Published epoch: {sel.get('best_epoch')} of {sel.get('last_epoch')}, the best validation "
+                  f"`{sel['metric']}` ({'higher' if sel.get('higher_is_better') else 'lower'} is better): "
+                  f"{_num(sel.get('best'))} (last epoch: {_num(sel.get('last'))})."
+                  + (f" Training stopped early (patience {sel.get('early_stopping_patience')})."
+                     if sel.get("stopped_early") else ""), ""]
+    elif sel:
+        lines += ["Published epoch: the last one (`--select-best last`).", ""]
+    if prob.get("class_weights"):
+        what = "positive weight per label" if prob.get("problem_type") == "multi_label" else "loss weight per class"
+        lines += [f"Class weights (`{_cell(prob.get('class_weight'))}`, {what}): "
+                  + ", ".join(f"`{_cell(n)}` {_num(w)}" for n, w in prob["class_weights"].items()) + ".", ""]
+    return lines
+
+
+def _other_card(metrics: dict, run_uri: str | None, plots: Sequence[str], kind: str) -> str:
+    """The card of a multi-label or regression run."""
+    cfg = metrics.get("config", {})
+    base = cfg.get("model", {}).get("model", "unknown")
+    max_length = cfg.get("model", {}).get("max_length")
+    data = metrics.get("data", {})
+    final = metrics.get("final_evaluation", {})
+    prob = metrics.get("problem") or {}
+    labels = prob.get("labels") or data.get("labels") or []
+    where = (run_uri or cfg.get("output", {}).get("output") or "RUN").rstrip("/")
+    multi = kind == "multi_label"
+    what = (f"multi-label classification over {len(labels)} labels ({', '.join(f'`{_cell(n)}`' for n in labels)}): "
+            "each text gets every label whose probability reaches its threshold (none, one or several)"
+            if multi else "regression: one score per text")
+    lines = [f"# Model card: text {'tagger' if multi else 'scorer'} fine-tuned from `{base}`", "",
+             f"Fine-tuned by finetune-job with TensorFlow/Keras for {what}. Run started "
+             f"{metrics.get('started_at', 'unknown')}, status: {metrics.get('status', 'unknown')}.", "",
+             "## Data", ""]
+    lines += _table(["", "Rows", "Sources"], [
+        ["train", data.get("train_examples", "-"), ", ".join(data.get("sources", {}).get("train", [])) or "-"],
+        ["validation", data.get("validation_examples", "-"),
+         ", ".join(data.get("sources", {}).get("validation", [])) or data.get("validation_source", "-")]])
+    lines += ["", f"Validation split: {data.get('validation_source', 'unknown')}. Validation fingerprint: "
+              f"`{data.get('validation_fingerprint', 'unknown')}`.", ""]
+    if multi and prob.get("label_frequencies"):
+        lines += ["Training rows per label:", ""]
+        lines += _table(["Label", "Rows"], list(prob["label_frequencies"].items())) + [""]
+    if not multi and prob.get("target_summary"):
+        t = prob["target_summary"]
+        lines += [f"Training targets: min {_num(t['min'])}, max {_num(t['max'])}, mean {_num(t['mean'])}, "
+                  f"std {_num(t['std'])}.", ""]
+    lines += ["## Training", ""]
+    lines += _table(["Hyper-parameter", "Value"], [[k, _num(v)] for k, v in cfg.get("train", {}).items()]
+                    + [["max_length (tokens)", _num(max_length)]])
+    loss = "binary cross-entropy on each label's logit" if multi else "mean squared error of the score"
+    lines += ["", f"AdamW with linear warm-up and decay; loss: {loss}.", ""]
+    epochs = metrics.get("epochs") or []
+    if epochs:
+        keys = [k for k in epochs[0] if k != "epoch"]
+        lines += _table(["Epoch", *keys], [[e.get("epoch", i + 1), *(_num(e.get(k)) for k in keys)]
+                                           for i, e in enumerate(epochs)]) + [""]
+    lines += _selection_lines(metrics)
+    lines += ["## Evaluation (validation split)", ""]
+    names = (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("subset_accuracy", "subset accuracy"),
+             ("hamming_loss", "Hamming loss"), ("loss", "loss (binary cross-entropy)"), ("examples", "examples")) \
+        if multi else (("pearson", "Pearson"), ("spearman", "Spearman"), ("mse", "MSE"), ("mae", "MAE"),
+                       ("examples", "examples"))
+    lines += _table(["Metric", "Value"], [[label, _num(final.get(k))] for k, label in names]) + [""]
+    if multi:
+        tuned = prob.get("thresholds_tuned")
+        lines += [("Thresholds tuned per label on the validation split (best micro-F1), so these figures are "
+                   "optimistic for new data" if tuned else "Decision threshold per label as configured")
+                  + "; serving, `predict` and `evaluate` apply the same ones.", ""]
+        at = final.get("at_threshold")
+        if at:
+            lines += [f"At the single threshold {_num(at['threshold'])}: micro-F1 {_num(at.get('micro_f1'))}, "
+                      f"macro-F1 {_num(at.get('macro_f1'))}.", ""]
+        per = final.get("per_label", {})
+        th = final.get("thresholds", {})
+        lines += _table(["Label", "Threshold", "Precision", "Recall", "F1", "Support"],
+                        [[n, _num(th.get(n)), _num(c["precision"]), _num(c["recall"]), _num(c["f1"]), c["support"]]
+                         for n, c in per.items()]) + [""]
+    for p in plots:
+        lines += [f"![{p.rsplit('/', 1)[-1].rsplit('.', 1)[0].replace('_', ' ')}]({p})", ""]
+    lines += ["## Limitations", "",
+              f"- Texts are truncated to {_num(max_length)} tokens.",
+              "- Scores come from one validation split of the same source as the training data; other domains "
+              "usually score lower.",
+              ("- It knows only the labels above; label probabilities are independent sigmoids, not calibrated."
+               if multi else "- Scores outside the training range are extrapolations; the output is not clipped."),
+              "- It inherits the biases of the base model's pre-training data and of the labelled data.", ""]
+    out = "saved_model outputs: `probabilities`, `predicted` (0/1 per label) and `labels` (the name where " \
+          "predicted, else empty)" if multi else "saved_model output: `score`"
+    lines += ["## How to load", "", f"`{where}/saved_model` ({out}); `{where}/hf_model` for transformers "
+              f"(`config.problem_type` is set). `python entrypoint.py predict --model {where} --data FILE "
+              "--output predictions.jsonl` applies the stored thresholds.", ""]
     versions = metrics.get("versions", {})
     if versions:
         lines += ["## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]

@@ -26,6 +26,11 @@ ACCURACY = "accuracy.png"
 LEARNING_RATE = "learning_rate.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
 PER_CLASS_F1 = "per_class_f1.png"
+# Multi-label and regression runs (job/problem.py).
+PER_LABEL_F1 = "per_label_f1.png"
+LABEL_FREQUENCIES = "label_frequencies.png"
+SCATTER = "predicted_vs_true.png"
+RESIDUALS = "residuals.png"
 
 DPI = 100
 # Past this many classes the per-cell counts overlap and stop being readable; colours still show.
@@ -110,7 +115,7 @@ def confusion_matrix_figure(confusion: dict) -> Figure:
     return fig
 
 
-def per_class_f1_figure(per_class: dict, macro_f1: float | None = None) -> Figure:
+def per_class_f1_figure(per_class: dict, macro_f1: float | None = None, what: str = "class") -> Figure:
     names = list(per_class)
     f1 = [float(per_class[n]["f1"]) for n in names]
     fig = Figure(figsize=(max(6, min(0.4 * len(names) + 2, 24)), 4.5), dpi=DPI, layout="constrained")
@@ -125,8 +130,53 @@ def per_class_f1_figure(per_class: dict, macro_f1: float | None = None) -> Figur
         ax.legend(loc="lower right")
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("F1")
-    ax.set_title("F1 per class (validation)")
+    ax.set_title(f"F1 per {what} (validation)")
     ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def label_frequencies_figure(frequencies: dict, rows: int | None = None) -> Figure:
+    """Training rows carrying each label: how imbalanced a multi-label set is."""
+    names = list(frequencies)
+    counts = [int(frequencies[n]) for n in names]
+    fig = Figure(figsize=(max(6, min(0.4 * len(names) + 2, 24)), 4.5), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.bar(range(len(names)), counts, color="tab:green")
+    ax.set_xticks(range(len(names)), [_short(n) for n in names], rotation=45 if len(names) > 4 else 0,
+                  ha="right" if len(names) > 4 else "center")
+    if len(names) <= ANNOTATE_MAX_CLASSES:
+        ax.bar_label(bars, labels=[str(c) for c in counts], fontsize=8)
+    ax.set_ylabel("training rows with the label")
+    ax.set_title("Label frequencies (train" + (f", {rows} rows)" if rows else ")"))
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def scatter_figure(true: Sequence[float], predicted: Sequence[float]) -> Figure:
+    """Predicted against true score, with the y = x line a perfect model would sit on."""
+    fig = Figure(figsize=(5.5, 5), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(true, predicted, s=8, alpha=0.5)
+    lo, hi = min([*true, *predicted]), max([*true, *predicted])
+    ax.plot([lo, hi], [lo, hi], "--", color="tab:red", label="y = x")
+    ax.set_xlabel("true score")
+    ax.set_ylabel("predicted score")
+    ax.set_title("Predicted vs true (validation)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left")
+    return fig
+
+
+def residuals_figure(true: Sequence[float], predicted: Sequence[float]) -> Figure:
+    """Residual (predicted - true) against the true score: bias by score range shows as a slope."""
+    fig = Figure(figsize=(6, 4), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(true, [p - t for t, p in zip(true, predicted)], s=8, alpha=0.5)
+    ax.axhline(0.0, color="tab:red", linestyle="--")
+    ax.set_xlabel("true score")
+    ax.set_ylabel("predicted - true")
+    ax.set_title("Residuals (validation)")
+    ax.grid(True, alpha=0.3)
     return fig
 
 
@@ -136,16 +186,31 @@ def report_figures(metrics: dict, lr_per_step: Sequence[float]) -> dict[str, Fig
     figures: dict[str, Figure] = {}
     epochs = metrics.get("epochs") or []
     final = metrics.get("final_evaluation") or {}
+    kind = (metrics.get("problem") or {}).get("problem_type", "single_label")
     if epochs:
         figures[LOSS] = loss_figure(epochs)
-        figures[ACCURACY] = accuracy_figure(epochs)
+        if kind == "single_label":
+            figures[ACCURACY] = accuracy_figure(epochs)
     if lr_per_step:
         figures[LEARNING_RATE] = learning_rate_figure(lr_per_step)
     if final.get("confusion_matrix"):
         figures[CONFUSION_MATRIX] = confusion_matrix_figure(final["confusion_matrix"])
     if final.get("per_class"):
         figures[PER_CLASS_F1] = per_class_f1_figure(final["per_class"], final.get("macro_f1"))
-    skipped = [n for n in (LOSS, ACCURACY, LEARNING_RATE, CONFUSION_MATRIX, PER_CLASS_F1) if n not in figures]
+    if final.get("per_label"):
+        figures[PER_LABEL_F1] = per_class_f1_figure(final["per_label"], final.get("macro_f1"), what="label")
+    frequencies = (metrics.get("problem") or {}).get("label_frequencies")
+    if kind == "multi_label" and frequencies:
+        figures[LABEL_FREQUENCIES] = label_frequencies_figure(frequencies,
+                                                              (metrics.get("data") or {}).get("train_examples"))
+    sample = final.get("sample") or {}
+    if sample.get("true"):
+        figures[SCATTER] = scatter_figure(sample["true"], sample["predicted"])
+        figures[RESIDUALS] = residuals_figure(sample["true"], sample["predicted"])
+    expected = {"single_label": (LOSS, ACCURACY, LEARNING_RATE, CONFUSION_MATRIX, PER_CLASS_F1),
+                "multi_label": (LOSS, LEARNING_RATE, PER_LABEL_F1, LABEL_FREQUENCIES),
+                "regression": (LOSS, LEARNING_RATE, SCATTER, RESIDUALS)}.get(kind, ())
+    skipped = [n for n in expected if n not in figures]
     if skipped:
         log.warning("plots without data, not drawn: %s", ", ".join(skipped))
     return figures

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from job import export, features
+from job import export, features, problem
 from job.errors import ConfigError, DataError, ModelError
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,12 @@ class Predictor:
     tokenizer: object
     label_names: tuple[str, ...]
     input_names: tuple[str, ...]  # what the model takes, in the tokenizer's order
-    probabilities: Callable[[dict[str, np.ndarray]], np.ndarray]  # padded int32 batch -> [batch, K] float32
+    # padded int32 batch -> [batch, K] float32: class probabilities (softmax), label probabilities
+    # (sigmoid, multi-label) or the score ([batch, 1], regression)
+    probabilities: Callable[[dict[str, np.ndarray]], np.ndarray]
+    spec: problem.ProblemSpec | None = None  # the problem type and thresholds stored with the model
     # The SavedModel's text signature (tokenizer in the graph), when the run has one for this max_length:
-    # (texts, pairs or None) -> [batch, K] float32.
+    # (texts, pairs or None) -> the same [batch, K] float32 as `probabilities`.
     text_probabilities: Callable[[list[str], list[str] | None], np.ndarray] | None = None
     max_length: int | None = None  # the length the predictor truncates to
 
@@ -92,6 +95,7 @@ def load_predictor(model_dir: Path, max_length: int | None = None) -> Predictor:
     # load_tokenizer refuses a max_length beyond the model's position limit with a ConfigError.
     tokenizer = model_step.load_tokenizer(hf_dir, ModelConfig(max_length=max_length))
     names = label_names(hf_dir)
+    spec = problem.spec_from_config(json.loads((hf_dir / "config.json").read_text()), names)
     token_names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
 
     saved = model_dir / export.SAVED_MODEL
@@ -115,7 +119,10 @@ def load_predictor(model_dir: Path, max_length: int | None = None) -> Predictor:
                 args = {"text": tf.constant(list(texts))}
                 if pair:
                     args["text_pair"] = tf.constant(list(pairs))
-                return default(**args)["probabilities"].numpy()
+                out = default(**args)
+                if spec.kind == problem.REGRESSION:
+                    return out["score"].numpy().reshape(-1, 1)
+                return out["probabilities"].numpy()
         wanted = set(serve.structured_input_signature[1])
         missing = wanted - set(token_names)
         if missing:
@@ -123,10 +130,13 @@ def load_predictor(model_dir: Path, max_length: int | None = None) -> Predictor:
         inputs = tuple(n for n in token_names if n in wanted)
 
         def probabilities(batch):
-            return serve(**{n: tf.constant(batch[n], tf.int32) for n in inputs})["probabilities"].numpy()
+            out = serve(**{n: tf.constant(batch[n], tf.int32) for n in inputs})
+            if spec.kind == problem.REGRESSION:
+                return out["score"].numpy().reshape(-1, 1)
+            return out["probabilities"].numpy()
 
         return Predictor("saved_model_text" if text_fn else "saved_model", tokenizer, names, inputs, probabilities,
-                         text_fn, max_length)
+                         spec, text_fn, max_length)
 
     from transformers import TFAutoModelForSequenceClassification
 
@@ -137,12 +147,14 @@ def load_predictor(model_dir: Path, max_length: int | None = None) -> Predictor:
     @tf.function(reduce_retracing=True)
     def forward(batch):
         logits = tf.cast(clf(batch, training=False).logits, tf.float32)
-        return tf.nn.softmax(logits, axis=-1)
+        if spec.kind == problem.REGRESSION:
+            return logits
+        return tf.sigmoid(logits) if spec.kind == problem.MULTI else tf.nn.softmax(logits, axis=-1)
 
     def probabilities(batch):
         return forward({n: tf.constant(batch[n], tf.int32) for n in inputs}).numpy()
 
-    return Predictor("hf_model", tokenizer, names, inputs, probabilities, None, max_length)
+    return Predictor("hf_model", tokenizer, names, inputs, probabilities, spec, None, max_length)
 
 
 def predict_with(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int,
@@ -189,14 +201,16 @@ def predict_with(predictor: Predictor, texts: Sequence[str], pairs: Sequence[str
 
 
 def predict_rows(model_dir: Path, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int,
-                 max_length: int | None = None, log_every: int = 100) -> tuple[np.ndarray, tuple[str, ...]]:
+                 max_length: int | None = None, log_every: int = 100, with_spec: bool = False):
     """(probabilities [len(texts), K] float32 in input order, class names by id) from a run folder;
-    max_length None: the run's own."""
+    max_length None: the run's own; with_spec: also the model's problem.ProblemSpec (what the
+    outputs mean, the thresholds)."""
     predictor = load_predictor(Path(model_dir), max_length)
     max_length = predictor.max_length
-    log.info("predicting %d rows with %s/%s (%d classes), batch %d, max_length %d", len(texts), model_dir,
-             predictor.kind, len(predictor.label_names), batch_size, max_length)
-    return predict_with(predictor, texts, pairs, batch_size, max_length, log_every), predictor.label_names
+    log.info("predicting %d rows with %s/%s (%s, %d outputs), batch %d, max_length %d", len(texts), model_dir,
+             predictor.kind, predictor.spec.kind, len(predictor.label_names), batch_size, max_length)
+    out = predict_with(predictor, texts, pairs, batch_size, max_length, log_every)
+    return (out, predictor.label_names, predictor.spec) if with_spec else (out, predictor.label_names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,10 +222,12 @@ def _prob(p: float) -> float:
 
 
 def write_predictions(rows: Sequence[str], probs: np.ndarray, names: Sequence[str], path: Path,
-                      pairs: Sequence[str] | None = None) -> Path:
+                      pairs: Sequence[str] | None = None, spec: problem.ProblemSpec | None = None) -> Path:
     """One line/row per input: text (and text_pair), predicted label id and name, and the
     probability of every class - JSON Lines (.jsonl/.ndjson/.json) or CSV (.csv, one
-    `probability_<name>` column per class). Written to a temp file and renamed: never half a file."""
+    `probability_<name>` column per class). Multi-label: `labels`, the labels at or above their
+    thresholds (CSV: a JSON array), and each label's probability; regression: `score`.
+    Written to a temp file and renamed: never half a file."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in JSONL_SUFFIXES + CSV_SUFFIXES:
@@ -224,6 +240,8 @@ def write_predictions(rows: Sequence[str], probs: np.ndarray, names: Sequence[st
     labels = probs.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
     from job.storage import atomic_file
 
+    if spec is not None and spec.kind != problem.SINGLE:
+        return _write_other(rows, probs, names, path, pairs, spec)
     with atomic_file(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             if suffix in CSV_SUFFIXES:
@@ -240,6 +258,43 @@ def write_predictions(rows: Sequence[str], probs: np.ndarray, names: Sequence[st
                               "probabilities": {n: _prob(p) for n, p in zip(names, probs[i])}}
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
+
+
+def _write_other(rows, probs, names, path: Path, pairs, spec: problem.ProblemSpec) -> Path:
+    from job.storage import atomic_file
+
+    chosen = probs >= np.asarray(spec.thresholds or [0.5] * len(names))[None, :]
+    csv_file = path.suffix.lower() in CSV_SUFFIXES
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f) if csv_file else None
+            if writer:
+                head = ["score"] if spec.kind == problem.REGRESSION else ["labels", *(f"probability_{n}" for n in names)]
+                writer.writerow(["text", *(["text_pair"] if pairs is not None else []), *head])
+            for i, text in enumerate(rows):
+                pair = [pairs[i]] if pairs is not None else []
+                if spec.kind == problem.REGRESSION:
+                    fields = {"score": _prob(probs[i, 0])}
+                else:
+                    fields = {"labels": [n for n, on in zip(names, chosen[i]) if on],
+                              "probabilities": {n: _prob(p) for n, p in zip(names, probs[i])}}
+                if writer:
+                    values = ([fields["score"]] if spec.kind == problem.REGRESSION else
+                              [json.dumps(fields["labels"], ensure_ascii=False), *fields["probabilities"].values()])
+                    writer.writerow([text, *pair, *values])
+                else:
+                    f.write(json.dumps({"text": text, **({"text_pair": pair[0]} if pair else {}), **fields},
+                                       ensure_ascii=False) + "\n")
+    return path
+
+
+def _as_logits(spec: problem.ProblemSpec, outputs: np.ndarray) -> np.ndarray:
+    """What problem.metrics takes, from what a predictor returns: log-probabilities stand in for
+    softmax logits (the metrics take a log-softmax, which they survive), log-odds for sigmoid ones."""
+    if spec.kind == problem.REGRESSION:
+        return outputs
+    p = np.clip(outputs.astype(np.float64), 1e-12, 1.0 - (1e-12 if spec.kind == problem.MULTI else 0.0))
+    return np.log(p) - (np.log1p(-p) if spec.kind == problem.MULTI else 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,8 +321,9 @@ def predict_command(cfg, scratch: Path) -> dict:
     data_uri, output_uri, data_cfg, batch_size, max_length = cfg.data, cfg.output, cfg.rows, cfg.batch_size, cfg.max_length
     run_uri, local = resolve_run(cfg.model, scratch)
     rows = data.read_rows(data_uri, data_cfg, scratch / "data", labelled=False)
-    probs, names = predict_rows(local, rows.texts, rows.pairs, batch_size, max_length)
-    local_file = write_predictions(rows.texts, probs, names, scratch / "out" / _file_name(output_uri), rows.pairs)
+    probs, names, spec = predict_rows(local, rows.texts, rows.pairs, batch_size, max_length, with_spec=True)
+    local_file = write_predictions(rows.texts, probs, names, scratch / "out" / _file_name(output_uri), rows.pairs,
+                                   spec)
     _put_file(local_file, output_uri)
     log.info("wrote %d predictions of %s to %s", len(rows.texts), run_uri, output_uri)
     return {"model": run_uri, "rows": len(rows.texts), "output": output_uri}
@@ -276,20 +332,34 @@ def predict_command(cfg, scratch: Path) -> dict:
 def evaluate_command(cfg, scratch: Path) -> dict:
     """`evaluate` (cfg: job.config.ScoreConfig): the training evaluation's metrics for a trained model
     on a labelled file or folder, also written to cfg.output when given."""
-    from job import data, evaluation
+    import dataclasses
+
+    from job import data
 
     data_uri, output_uri, data_cfg, batch_size, max_length = cfg.data, cfg.output, cfg.rows, cfg.batch_size, cfg.max_length
     run_uri, local = resolve_run(cfg.model, scratch)
+    # The labels are read as the model's problem type (lists for multi-label, numbers for regression).
+    spec = problem.spec_from_config(json.loads((_hf_dir(local) / "config.json").read_text()),
+                                    label_names(_hf_dir(local)))
+    data_cfg = dataclasses.replace(data_cfg, problem_type=spec.kind)
     rows = data.read_rows(data_uri, data_cfg, scratch / "data", labelled=True)
     probs, names = predict_rows(local, rows.texts, rows.pairs, batch_size, max_length)
     index = {n: i for i, n in enumerate(names)}
-    unknown = sorted({v for v in rows.labels if v not in index})
-    if unknown:
-        raise DataError(f"labels {unknown[:5]} in {data_uri} are not classes of the model "
-                        f"({', '.join(names[:10])})")
-    labels = np.array([index[v] for v in rows.labels], dtype=np.int64)
-    # Log-probabilities stand in for logits: the metrics take a log-softmax, which they survive.
-    metrics = evaluation.classification_metrics(labels, np.log(np.clip(probs, 1e-12, 1.0)), names)
+    if spec.kind == problem.REGRESSION:
+        targets = np.asarray(rows.labels, dtype=np.float64)
+    else:
+        given = [v for row in rows.labels for v in row] if spec.kind == problem.MULTI else rows.labels
+        unknown = sorted({v for v in given if v not in index})
+        if unknown:
+            raise DataError(f"labels {unknown[:5]} in {data_uri} are not classes of the model "
+                            f"({', '.join(names[:10])})")
+        if spec.kind == problem.MULTI:
+            targets = np.zeros((len(rows.labels), len(names)), np.float32)
+            for r, row in enumerate(rows.labels):
+                targets[r, [index[v] for v in row]] = 1.0
+        else:
+            targets = np.array([index[v] for v in rows.labels], dtype=np.int64)
+    metrics = problem.metrics(spec, targets, _as_logits(spec, probs))
     result = {"model": run_uri, "data": data_uri, "evaluation": metrics}
     if output_uri:
         local_file = scratch / "out" / _file_name(output_uri)

@@ -20,8 +20,10 @@ from typing import Callable
 import tensorflow as tf
 
 from job import (champion, checkpoints, datareport, distribution, evaluation, export, features, modelcard, plots,
-                 progress, publish, report, storage, tblog, training)
+                 problem, progress, publish, report, selection, storage, tblog, training)
+from job import config
 from job import data as data_step
+from job import labels
 from job import model as model_step
 from job.config import JobConfig
 from job.errors import TransientError
@@ -67,6 +69,8 @@ class Inputs:
     checkpoint: Path
     kind: str  # "tf" or "safetensors"
     tokenizer: object
+    spec: problem.ProblemSpec  # the problem type, its labels and (multi-label) thresholds
+    class_weights: list[float] | None  # per class (single-label) or per label's positives (multi-label)
 
 
 @dataclasses.dataclass
@@ -97,6 +101,7 @@ class Trained:
     runtime: Runtime
     precision: str
     cfg: JobConfig
+    selection: dict | None = None  # job.selection.BestEpoch.summary(): which epoch was kept
 
 
 def run(cfg: JobConfig, hooks: Hooks | None = None) -> dict | None:
@@ -138,18 +143,20 @@ def _run(cfg: JobConfig, preemption: training.Preemption, hooks: Hooks) -> dict 
         staging.mkdir()
         board = tblog.TensorBoardLogger(staging / TENSORBOARD)
         store = checkpoint_store(cfg, identity, inputs, runtime, scratch)
-        trained = train(cfg, model, feats, runtime, precision, store, preemption, timer,
+        trained = train(cfg, model, feats, runtime, precision, store, preemption, timer, inputs.spec,
                         callbacks=(board, progress.ProgressLog(runtime.steps_per_epoch * cfg.train.epochs),
                                    *hooks.callbacks))
         if hooks.on_trained:
             hooks.on_trained(trained)
-        final = evaluate(trained, inputs, timer)
+        final, spec = evaluate(trained, inputs, timer)
         with timer("export"):
+            problem.annotate_config(model.config, spec)
             val = inputs.data.validation
             layout = export.export_all(model, inputs.tokenizer, feats.train.names, staging, cfg.model.max_length,
-                                       val.texts, val.pairs)
+                                       val.texts, val.pairs, spec=spec)
         metrics = report.run_metrics(cfg, identity.fingerprint, timer, inputs.data, trained, final, layout)
         metrics["data_report"] = data_report
+        metrics.update(problem_report(inputs, spec, trained))
         write_outputs(staging, cfg, metrics, board.learning_rates, timer)
         if not runtime.topology.is_chief:
             # Every worker exports (TF's rule for multi-worker saving); only the chief publishes.
@@ -181,10 +188,18 @@ def load_inputs(cfg: JobConfig, scratch: Path, timer: report.PhaseTimer) -> Inpu
         data = data_step.load(cfg.data, cfg.model.num_labels, cfg.train.seed, scratch / "data")
         ckpt = model_step.resolve_checkpoint(cfg.model.model, scratch)
         kind = model_step.check_checkpoint(ckpt)
+    # `auto` is decided by the data: a metric that does not fit it is refused now, before training.
+    problem.check_fits(data.problem, cfg.train, cfg.output.promote_if_better)
+    spec = problem.make_spec(data.problem, data.label_names, cfg.train.threshold)
+    weights = problem.class_weights(spec, cfg.train.class_weight, data.train.labels)
     tokenizer = model_step.load_tokenizer(ckpt, cfg.model)
-    log.info("data: %d train / %d validation rows, %d classes (%s); validation %s", len(data.train),
-             len(data.validation), data.num_labels, ", ".join(data.label_names[:10]), data.validation_source)
-    return Inputs(data, ckpt, kind, tokenizer)
+    log.info("data: %d train / %d validation rows, %s with %d outputs (%s); validation %s", len(data.train),
+             len(data.validation), data.problem, data.num_labels, ", ".join(data.label_names[:10]),
+             data.validation_source)
+    if weights is not None:
+        log.info("class weights (%s): %s", cfg.train.class_weight,
+                 ", ".join(f"{n} {w:.3g}" for n, w in zip(data.label_names[:20], weights)))
+    return Inputs(data, ckpt, kind, tokenizer, spec, weights)
 
 
 def trained_earlier(cfg: JobConfig, identity: publish.Identity, inputs: Inputs) -> dict | None:
@@ -251,7 +266,8 @@ def build_model(cfg: JobConfig, inputs: Inputs, runtime: Runtime, timer: report.
              "on" if training.jit_compile_enabled(cfg.train) else "off", cfg.train.steps_per_execution)
     with timer("load_model"), runtime.strategy.scope():
         clf = model_step.load_classifier(inputs.checkpoint, inputs.kind, inputs.data.label_names)
-        training.compile_model(clf, cfg.train, total_steps=runtime.steps_per_epoch * cfg.train.epochs)
+        training.compile_model(clf, cfg.train, total_steps=runtime.steps_per_epoch * cfg.train.epochs,
+                               spec=inputs.spec, class_weights=inputs.class_weights)
     return clf, precision
 
 
@@ -291,8 +307,9 @@ def wait_for_chief(cfg: JobConfig, identity: publish.Identity, store: checkpoint
 
 def train(cfg: JobConfig, model, feats: Features, runtime: Runtime, precision: str,
           store: checkpoints.CheckpointStore, preemption: training.Preemption, timer: report.PhaseTimer,
-          callbacks: tuple) -> Trained:
-    """Fit, resuming from the last checkpoint of this same run if there is one."""
+          spec: problem.ProblemSpec, callbacks: tuple) -> Trained:
+    """Fit, resuming from the last checkpoint of this same run if there is one; the model ends with
+    the weights of the epoch --select-best chose."""
     strategy, t, m = runtime.strategy, cfg.train, cfg.model
 
     # Each worker's input pipeline yields its own per-replica batches of one global plan.
@@ -305,23 +322,64 @@ def train(cfg: JobConfig, model, feats: Features, runtime: Runtime, precision: s
         feats.validation, runtime.global_batch, m.max_length, feats.pad_id,
         shard=features.Sharding.from_context(ctx), pad_multiple=feats.pad_multiple))
     val_steps = features.steps_per_epoch(len(feats.validation), runtime.global_batch)
+    best = best_epoch_watch(cfg, model, feats, runtime, spec)
     with timer("train"), _peer_loss_is_transient(runtime.topology):
         history, meter = training.fit(model, train_ds, (val_ds, val_steps), t, runtime.steps_per_epoch, store,
-                                      preemption, callbacks=list(callbacks))
+                                      preemption, callbacks=list(callbacks), selection=best)
     # Workers of one run must end with identical weights; the digest in each log shows it.
     log.info("final weights digest: %s", export.weights_digest(model))
-    return Trained(model, history, meter, feats, runtime, precision, cfg)
+    return Trained(model, history, meter, feats, runtime, precision, cfg, best.summary() if best else None)
 
 
-def evaluate(trained: Trained, inputs: Inputs, timer: report.PhaseTimer) -> dict:
-    f, cfg = trained.features, trained.cfg
+def best_epoch_watch(cfg: JobConfig, model, feats: Features, runtime: Runtime, spec: problem.ProblemSpec
+                     ) -> selection.BestEpoch | None:
+    """The --select-best / --early-stopping watcher; metrics Keras lacks are computed per epoch with
+    the final evaluation's own code, on the validation split."""
+    metric = problem.selected_metric(cfg.train, cfg.output.promote_if_better)
+    if metric == problem.LAST:
+        return None
+
+    def score(m) -> dict[str, float]:
+        logits = evaluation.predict_logits(m, feats.validation, runtime.global_batch, cfg.model.max_length,
+                                           feats.pad_id)
+        return problem.scalars(problem.metrics(spec, feats.validation.labels, logits))
+
+    return selection.BestEpoch(metric, problem.direction(metric), {}, score=score,
+                               patience=cfg.train.early_stopping_patience,
+                               min_delta=cfg.train.early_stopping_min_delta)
+
+
+def evaluate(trained: Trained, inputs: Inputs, timer: report.PhaseTimer) -> tuple[dict, problem.ProblemSpec]:
+    """The final validation metrics, and the spec to publish (multi-label thresholds tuned here)."""
+    f, cfg, spec = trained.features, trained.cfg, inputs.spec
     with timer("evaluate"):
         logits = evaluation.predict_logits(trained.model, f.validation, trained.runtime.global_batch,
                                            cfg.model.max_length, f.pad_id)
-        final = evaluation.classification_metrics(f.validation.labels, logits, inputs.data.label_names)
-    log.info("validation: accuracy %.4f, macro-F1 %.4f, loss %.4f", final["accuracy"], final["macro_f1"],
-             final["loss"])
-    return final
+        untuned = problem.metrics(spec, f.validation.labels, logits)
+        final = untuned
+        if spec.kind == problem.MULTI and cfg.train.tune_thresholds:
+            tuned = problem.tune_thresholds(f.validation.labels > 0.5, problem.sigmoid(logits), cfg.train.threshold)
+            spec = dataclasses.replace(spec, thresholds=tuple(tuned), tuned=True)
+            final = problem.metrics(spec, f.validation.labels, logits)
+            final["at_threshold"] = {"threshold": cfg.train.threshold, **problem.scalars(untuned)}
+    log.info("validation: %s", ", ".join(f"{k} {v:.4f}" for k, v in problem.scalars(final).items()))
+    return final, spec
+
+
+def problem_report(inputs: Inputs, spec: problem.ProblemSpec, trained: Trained) -> dict:
+    """metrics.json's problem and selection sections (the model card and plots read them)."""
+    data = inputs.data
+    return {"problem": {**spec.to_dict(), "label_frequencies": labels.frequencies(spec.kind, data.train.labels,
+                                                                                  spec.label_names),
+                        "target_summary": labels.describe_targets(spec.kind, data.train.labels),
+                        "class_weight": trained.cfg.train.class_weight,
+                        "class_weights": dict(zip(spec.label_names, inputs.class_weights))
+                        if inputs.class_weights is not None else None},
+            "selection": trained.selection or {"metric": problem.LAST, "best_epoch": len(per_epoch_of(trained))}}
+
+
+def per_epoch_of(trained: Trained) -> list:
+    return next(iter(trained.history.values()), [])
 
 
 def write_outputs(staging: Path, cfg: JobConfig, metrics: dict, learning_rates: list[float],
@@ -343,7 +401,9 @@ def publish_run(cfg: JobConfig, identity: publish.Identity, staging: Path, metri
 
     publish.publish(staging, cfg.output.output, identity, cfg.output.overwrite, finalize=record_upload)
     store.clear()
-    log.info("published to %s (accuracy %.4f)", cfg.output.output, metrics["final_evaluation"]["accuracy"])
+    log.info("published to %s (%s)", cfg.output.output, ", ".join(
+        f"{k} {v:.4f}" for k, v in problem.scalars(metrics["final_evaluation"]).items()
+        if k in problem.FITTING[metrics["problem"]["problem_type"]]))
     copy_for_platform(cfg, staging)
 
 
@@ -374,8 +434,8 @@ def promote(cfg: JobConfig, metrics: dict) -> None:
                                           force=o.force_promotion)
     log.info("promotion: %s -> %s", "promoted" if decision.promote else "not promoted", decision.reason)
     record = {"run": o.run_id, "uri": o.output, "promoted": decision.promote, "reason": decision.reason,
-              "spec": o.promote_if_better, "metrics": {k: metrics["final_evaluation"][k]
-                                                        for k in ("accuracy", "macro_f1", "loss")}}
+              "spec": o.promote_if_better, "metrics": {k: v for k, v in metrics["final_evaluation"].items()
+                                                        if k in config.PROMOTION_METRICS}}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / f"{o.run_id}.json").write_text(json.dumps(record, indent=2) + "\n")
         storage.put_files(Path(tmp), [f"{o.run_id}.json"], storage.join(o.output_root, "promotions"))

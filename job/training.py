@@ -138,16 +138,19 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> tf.keras.optimizers.Op
     return opt
 
 
-def compile_model(model, cfg: TrainConfig, total_steps: int) -> None:
-    """Call inside strategy.scope(), on a model built after set_precision()."""
+def compile_model(model, cfg: TrainConfig, total_steps: int, spec=None, class_weights=None) -> None:
+    """Call inside strategy.scope(), on a model built after set_precision(). `spec` (job.problem,
+    default single-label) chooses the loss and metrics; `class_weights` weigh classes or labels."""
+    from job import problem
+
+    spec = spec or problem.ProblemSpec(problem.SINGLE, ())
     _float32_head(model)
     optimizer = make_optimizer(cfg, total_steps)
     if model.dtype_policy.compute_dtype == "float16":
         # fp16 gradients underflow without it; the scale adapts (halves on overflow, skips the step).
         optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer,
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[tf.keras.metrics.SparseCategoricalAccuracy("accuracy")],
+                  loss=problem.loss(spec, class_weights), metrics=problem.keras_metrics(spec),
                   jit_compile=jit_compile_enabled(cfg), steps_per_execution=cfg.steps_per_execution)
 
 
@@ -282,20 +285,25 @@ def progress_verbosity() -> int:
 
 
 def fit(model, make_train_ds, validation, cfg: TrainConfig, steps_per_epoch: int, store: CheckpointStore,
-        preemption: Preemption | None = None, callbacks=()) -> tuple[dict, Throughput]:
+        preemption: Preemption | None = None, callbacks=(), selection=None) -> tuple[dict, Throughput]:
     """Train for cfg.epochs, resuming from `store` when it holds a save of this run.
 
     `make_train_ds(epoch, skip)` streams batches from `epoch`, skipping its first `skip` batches,
     so a resumed run sees exactly the batches an uninterrupted one would have seen next.
-    `validation` is (dataset, steps).
+    `validation` is (dataset, steps). `selection` (a job.selection.BestEpoch, created with an empty
+    history dict) watches a metric: its best weights are saved in every checkpoint, training stops
+    early when it says so, and the model ends with the best epoch's weights.
     """
     val_ds, val_steps = validation
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    extra = {"best": selection.attach(model)} if selection is not None else {}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, **extra)
     resume = store.restore(checkpoint)
     start = resume.step if resume else 0
-    history = {k: list(v) for k, v in (resume.history if resume else {}).items()}
+    history = selection.history if selection is not None else {}
+    history.update({k: list(v) for k, v in (resume.history if resume else {}).items()})
     meter = Throughput()
     saver = Checkpointing(store, checkpoint, cfg.checkpoint_every, history, preemption)
+    watch = [selection] if selection is not None else []  # before the saver: it records what this adds
     epoch, skip = divmod(start, steps_per_epoch)
     legs = []  # (first epoch, end epoch, steps per epoch, batches to skip)
     if skip:
@@ -304,16 +312,22 @@ def fit(model, make_train_ds, validation, cfg: TrainConfig, steps_per_epoch: int
         epoch += 1
     if epoch < cfg.epochs:
         legs.append((epoch, cfg.epochs, steps_per_epoch, 0))
+    if selection is not None and selection.should_stop():
+        legs = []  # stopped early before the last attempt was interrupted: nothing left to train
     if preemption is not None:
         preemption.deferred = True
     try:
         for first, last, steps, skip_batches in legs:
             model.fit(make_train_ds(first, skip_batches), validation_data=val_ds, validation_steps=val_steps, epochs=last,
-                      initial_epoch=first, steps_per_epoch=steps, callbacks=[FailOnNaN(), meter, saver, *callbacks],
-                      verbose=progress_verbosity())
+                      initial_epoch=first, steps_per_epoch=steps,
+                      callbacks=[FailOnNaN(), meter, *watch, saver, *callbacks], verbose=progress_verbosity())
+            if selection is not None and selection.should_stop():
+                break
     finally:
         if preemption is not None:
             preemption.deferred = False
     if preemption is not None and preemption.requested.is_set():
         raise Preempted(Preemption.MESSAGE)
+    if selection is not None:
+        selection.restore_best(model)
     return history, meter

@@ -302,7 +302,7 @@ def test_non_whole_number_label_is_refused(tmp_path, name, make, message):
         load(tmp_path, train=str(path))
     assert str(err.value).startswith(f"{path} {message}")
     if "whole number" in message:
-        assert "regression is not supported" in str(err.value) and "class names" in str(err.value)
+        assert "--problem-type regression" in str(err.value) and "class names" in str(err.value)
 
 
 NON_SCALAR = [
@@ -310,7 +310,8 @@ NON_SCALAR = [
                                                {"text": "c", "label": {"a": 1}}]),
      'row 3: the label is a JSON object ({"a": 1}); labels must be a class name or id'),
     ("list.jsonl", lambda p: write_jsonl(p, ["", {"text": "a", "label": [0, 1]}, {"text": "b", "label": 1}]),
-     "row 2: the label is a list ([0, 1]); labels must be a class name or id, one per row (multi-label"),
+     "row 2: the label is a list ([0, 1]); labels must be a class name or id, one per row (multi-label: "
+     "--problem-type multi_label)"),
     ("list.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
         {"text": ["a", "b"], "label": [[0], [0, 1]]})), "row 1: the label is a list ([0]); labels must be"),
     ("struct.parquet", lambda p: write_parquet(p, __import__("pandas").DataFrame(
@@ -321,9 +322,11 @@ NON_SCALAR = [
 
 @pytest.mark.parametrize("name,make,message", NON_SCALAR, ids=[n[0] for n in NON_SCALAR])
 def test_non_scalar_label_is_refused(tmp_path, name, make, message):
+    # Lists are multi-label under --problem-type auto (tests/test_problem_types.py): refused when
+    # single-label is asked for.
     path = make(tmp_path / name)
     with pytest.raises(DataError) as err:
-        load(tmp_path, train=str(path))
+        load(tmp_path, train=str(path), problem_type="single_label")
     assert str(err.value).startswith(f"{path} {message}")
     assert "\n" not in str(err.value)
 

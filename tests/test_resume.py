@@ -162,8 +162,11 @@ def test_retry_after_publishing_finds_its_own_run_and_exits_0(tiny_checkpoints, 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(deterministic_checkpoint, toy_data, tmp_path):
     """Killed mid-epoch and resumed, the run ends with exactly the weights of an uninterrupted one:
-    equality with no tolerance (atol=rtol=0); the test prints the measured max difference (0 so far)."""
-    common = ["--data", str(toy_data), "--model", str(deterministic_checkpoint), "--epochs", "4", *ARGS]
+    equality with no tolerance (atol=rtol=0); the test prints the measured max difference (0 so far).
+    With --select-best and early stopping, killed in epoch 2: the resumed run keeps the best-so-far
+    weights and the patience count of epoch 1, and stops and publishes where the uninterrupted one does."""
+    common = ["--data", str(toy_data), "--model", str(deterministic_checkpoint), "--epochs", "4", *ARGS,
+              "--select-best", "accuracy", "--early-stopping-patience", "1"]
     # Reference: uninterrupted.
     ref = start([*common, "--output", str(tmp_path / "ref")], tmp_path / "ref.log")
     assert ref.wait(timeout=300) == 0, (tmp_path / "ref.log").read_text()[-2000:]
@@ -171,7 +174,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(deterministic_ch
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     args = [*common, "--output", str(out), "--checkpoint-dir", str(ckpt), "--checkpoint-every", "7"]
     killed = start(args, tmp_path / "killed.log")
-    step = wait_for_step(ckpt / "state.json", 7, killed)
+    step = wait_for_step(ckpt / "state.json", 21, killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=30)
     assert step % 20 != 0, "the kill should land mid-epoch (20 steps per epoch)"
@@ -194,6 +197,9 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(deterministic_ch
     mb = json.loads((out / "metrics.json").read_text())
     assert [e["val_accuracy"] for e in ma["epochs"]] == [e["val_accuracy"] for e in mb["epochs"]]
     assert ma["final_evaluation"]["accuracy"] == mb["final_evaluation"]["accuracy"]
+    assert ma["selection"] == mb["selection"] and ma["selection"]["metric"] == "accuracy"
+    assert mb["final_evaluation"]["accuracy"] == mb["selection"]["best"]
+    print(f"selection: {mb['selection']}")
 
 
 def test_checkpoint_from_other_settings_is_refused(tiny_checkpoints, toy_data, tmp_path):
