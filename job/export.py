@@ -62,9 +62,9 @@ def label_names_of(model) -> tuple[str, ...]:
 def serving_function(model, input_names: tuple[str, ...], label_names: Sequence[str] | None = None, spec=None):
     """The token-ids signature (`serve_token_ids`)."""
     label_names = tuple(label_names or label_names_of(model))
-    spec = {n: tf.TensorSpec([None, None], tf.int32, name=n) for n in input_names}
+    ids = {n: tf.TensorSpec([None, None], tf.int32, name=n) for n in input_names}
 
-    @tf.function(input_signature=[spec], autograph=False)  # see text_functions
+    @tf.function(input_signature=[ids], autograph=False)  # see text_functions
     def serve(inputs):
         return heads(model(inputs, training=False).logits, label_names, spec)
 
