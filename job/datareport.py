@@ -91,11 +91,22 @@ def _empty(col) -> int:
     return int(pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)).as_py() or 0)
 
 
+def label_counts(data) -> np.ndarray:
+    """Train rows per class (single-label) or rows carrying each label (multi-label); regression
+    targets are scores, not labels: no counts."""
+    labels = np.asarray(data.train.labels)
+    if data.problem == "regression":
+        return np.zeros(0, dtype=np.int64)
+    if labels.ndim == 2:  # multi-label: one 0/1 column per label
+        return (labels > 0.5).sum(axis=0).astype(np.int64)
+    return np.bincount(labels.astype(np.int64), minlength=data.num_labels)
+
+
 def build(data, train_lengths: np.ndarray, max_length: int, requested: int | str, limit: int | None) -> dict:
     """The report of a LabelledData (the rows training uses) and its training token lengths
     (counted up to the model's limit, before truncation at max_length)."""
     train, val = _keys(data.train), _keys(data.validation)
-    counts = np.bincount(data.train.labels, minlength=data.num_labels)
+    counts = label_counts(data)
     present = counts[counts > 0]
     lengths = np.asarray(train_lengths)
     pct = {f"p{q}": covering(lengths, q / 100) for q in (50, 90, 99)} if len(lengths) else {}
@@ -104,6 +115,7 @@ def build(data, train_lengths: np.ndarray, max_length: int, requested: int | str
         "validation_source": data.validation_source,
         "labels": {name: int(c) for name, c in zip(data.label_names, counts)},
         "imbalance_ratio": round(float(present.max() / present.min()), 3) if len(present) else None,
+        **({"targets": _targets(data.train.labels)} if data.problem == "regression" else {}),
         "duplicates_in_train": _duplicates(train),
         "overlap": {"exact": _overlap(train, val), "normalised": _overlap(_normalised(train), _normalised(val))},
         "empty_texts": {"train": _empty(train), "validation": _empty(val)},
@@ -112,6 +124,11 @@ def build(data, train_lengths: np.ndarray, max_length: int, requested: int | str
         "max_length": {"requested": requested, "used": int(max_length), "model_limit": limit},
         "truncated_share": round(float(np.mean(lengths > max_length)) if len(lengths) else 0.0, 6),
     }
+
+
+def _targets(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"min": float(v.min()), "mean": round(float(v.mean()), 6), "max": float(v.max())} if len(v) else {}
 
 
 def summary_line(rep: dict) -> str:
@@ -141,8 +158,13 @@ def markdown(rep: dict) -> str:
     lines = ["# Data report", "", f"Validation: {rep['validation_source']}.", "",
              "| Split | Rows | Empty texts |", "| --- | --- | --- |"]
     lines += [f"| {s} | {rep['rows'][s]:,} | {rep['empty_texts'][s]} |" for s in ("train", "validation")]
-    lines += ["", f"## Labels (train; imbalance ratio {rep['imbalance_ratio']})", "", "| Label | Rows |", "| --- | --- |"]
-    lines += [f"| {name} | {c:,} |" for name, c in rep["labels"].items()]
+    if rep.get("targets"):
+        y = rep["targets"]
+        lines += ["", f"## Targets (train, regression): min {y['min']:g}, mean {y['mean']:g}, max {y['max']:g}"]
+    else:
+        lines += ["", f"## Labels (train; imbalance ratio {rep['imbalance_ratio']})", "", "| Label | Rows |",
+                  "| --- | --- |"]
+        lines += [f"| {name} | {c:,} |" for name, c in rep["labels"].items()]
     lines += ["", "## Duplicates and overlap", "",
               f"- Train rows repeating an earlier train row: {d['rows']:,} ({d['distinct_repeated']:,} distinct texts)"]
     lines += [f"  - {e['count']}x `{e['text']}`" for e in d["examples"]]

@@ -80,9 +80,22 @@ def serve(run, texts):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(run / "hf_model"))
-    fn = tf.saved_model.load(str(run / "saved_model")).signatures["serving_default"]
+    import tensorflow_text  # noqa: F401  (the text signature's ops)
+
+    signatures = tf.saved_model.load(str(run / "saved_model")).signatures
     enc = tok(texts, padding=True, return_tensors="np")
-    return {k: v.numpy() for k, v in fn(**{k: tf.constant(v, tf.int32) for k, v in enc.items()}).items()}
+    out = {k: v.numpy() for k, v in signatures["serve_token_ids"](
+        **{k: tf.constant(v, tf.int32) for k, v in enc.items()}).items()}
+    # The raw-text signature (tokenizer in the graph) gives the same outputs for the problem type.
+    if "text" in signatures["serving_default"].structured_input_signature[1]:
+        via_text = {k: v.numpy() for k, v in signatures["serving_default"](text=tf.constant(texts)).items()}
+        assert set(via_text) == set(out)
+        for k, v in out.items():
+            if v.dtype.kind == "f":
+                np.testing.assert_allclose(via_text[k], v, atol=1e-5)
+            else:
+                assert (via_text[k] == v).all(), k
+    return out
 
 
 # --------------------------------------------------------------------------------------------
