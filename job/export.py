@@ -253,10 +253,27 @@ def write_warmup(path: Path, inputs: dict[str, np.ndarray], signature: str = "se
     return path
 
 
+def float32_compute(model) -> bool:
+    """Switch a mixed-precision (bf16/fp16) model to float32 compute, in place; True if it was mixed.
+
+    Mixed precision is a training speed-up; what is published computes in float32, like the
+    float32 weights in hf_model/: the SavedModel then gives the checkpoint's own predictions (to
+    1e-5, in PyTorch too) and serves at full speed on hardware without 16-bit units. The variables
+    are float32 already (AutoCastVariable storage); the layers' policy decides how they are read."""
+    layers = list(model._flatten_layers(include_self=True))
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in layers):
+        return False
+    for layer in layers:
+        layer._set_dtype_policy(tf.keras.mixed_precision.Policy("float32"))
+    return True
+
+
 def export_all(model, tokenizer, input_names: tuple[str, ...], staging: Path, max_length: int | None = None,
                texts: Sequence[str] = (), pairs: Sequence[str] | None = None, spec=None) -> dict:
     """saved_model/, serving/1/ (+ warm-up) and hf_model/ into `staging`; returns the layout for
     metrics.json. Text signatures need max_length and validation texts to prove them on."""
+    if float32_compute(model):
+        log.info("export: the model trained in mixed precision is exported computing in float32")
     texts = list(texts)
     pair = pairs is not None
     if max_length and texts:

@@ -129,6 +129,7 @@ def _check(fmt: str, level: str) -> tuple[str, str]:
 
 
 _FORMAT = "text"  # what setup_logging chose: format_cli_error follows it
+_SORT_NATIVE = False  # the CLI in text format below DEBUG: TF's C++ chatter is sorted (native_sorted)
 
 
 def setup_logging(fmt: str = "text", level: str = "INFO", stream: IO[str] | None = None,
@@ -139,7 +140,7 @@ def setup_logging(fmt: str = "text", level: str = "INFO", stream: IO[str] | None
     take over what TensorFlow, transformers and other libraries write (see the module docstring).
     In json format that forks: only the child returns from here.
     """
-    global _FORMAT
+    global _FORMAT, _SORT_NATIVE
     fmt_name, level_name = _check(fmt, level)
     if own_process and fmt_name == "json":
         supervise(level_name)
@@ -169,6 +170,7 @@ def setup_logging(fmt: str = "text", level: str = "INFO", stream: IO[str] | None
         if fmt_name == "text" and level_name != "DEBUG":
             # (json: the forwarding parent sorts TF's lines; DEBUG: nothing to hide.)
             _HOOK.on_import("tensorflow", _quiet_tensorflow_start)
+            _SORT_NATIVE = True
         _HOOK.install()
     return handler
 
@@ -314,6 +316,19 @@ def _quiet_tensorflow_start(run: Callable[[], None], module) -> None:
 
 
 @contextlib.contextmanager
+def native_sorted():
+    """For a step that runs native code known to print harmless ERROR lines after start-up (the
+    in-graph tokenizer's first run prints `oneDNN supports DT_INT64 only on platforms with AVX-512`
+    on some CPUs), fd 2 is replayed through the sorter: the noise at DEBUG, real errors as they are.
+    A no-op where nothing is sorted (json: the parent sorts every line; DEBUG; a library caller)."""
+    if not _SORT_NATIVE:
+        yield
+        return
+    with fd2_replayed():
+        yield
+
+
+@contextlib.contextmanager
 def fd2_replayed():
     """Within the block, file descriptor 2 writes to a temporary file; afterwards (also after an
     exception) its lines are logged as sorted by ForeignOutput."""
@@ -355,7 +370,9 @@ NATIVE_LINE = re.compile(r"^([IWEF])(\d{4}) (\S+)\s+(\d+) ([^\s:\]]+):(\d+)\] ?(
 _NATIVE_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
 # Harmless start-up chatter wherever it runs.
 _NATIVE_NOISE = re.compile(r"Unable to register cu(DNN|FFT|BLAS) factory|TF-TRT Warning|Could not find TensorRT|"
-                           r"computation placer already registered|oneDNN custom operations")
+                           r"computation placer already registered|oneDNN custom operations|"
+                           # An E line on CPUs with AMX/AVX512-BF16 (oneDNN falls back to Eigen for int64 ops).
+                           r"oneDNN supports \w+ only on platforms with")
 # CUDA looking for a GPU: noise on a machine without one, worth an error on a machine with one.
 _CUDA_PROBE = re.compile(r"cuInit|cuda drivers|CUDA_ERROR_NO_DEVICE|kernel driver does not appear|libcuda|"
                          r"cuda_(platform|executor|diagnostics)\.cc|cudart_stub\.cc")

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from job import export, features, problem
+from job import export, features, logs, problem
 from job.errors import ConfigError, DataError, ModelError
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,8 @@ def load_predictor(model_dir: Path, max_length: int | None = None) -> Predictor:
                 args = {"text": tf.constant(list(texts))}
                 if pair:
                     args["text_pair"] = tf.constant(list(pairs))
-                out = default(**args)
+                with logs.native_sorted():  # (its first run's oneDNN notice: see logs.native_sorted)
+                    out = default(**args)
                 if spec.kind == problem.REGRESSION:
                     return out["score"].numpy().reshape(-1, 1)
                 return out["probabilities"].numpy()

@@ -19,8 +19,8 @@ from typing import Callable
 
 import tensorflow as tf
 
-from job import (champion, checkpoints, datareport, distribution, evaluation, export, features, modelcard, plots,
-                 problem, progress, publish, report, selection, storage, tblog, training)
+from job import (champion, checkpoints, datareport, distribution, evaluation, export, features, logs, modelcard,
+                 plots, problem, progress, publish, report, selection, storage, tblog, training)
 from job import config
 from job import data as data_step
 from job import labels
@@ -149,7 +149,7 @@ def _run(cfg: JobConfig, preemption: training.Preemption, hooks: Hooks) -> dict 
         if hooks.on_trained:
             hooks.on_trained(trained)
         final, spec = evaluate(trained, inputs, timer)
-        with timer("export"):
+        with timer("export"), logs.native_sorted():
             problem.annotate_config(model.config, spec)
             val = inputs.data.validation
             layout = export.export_all(model, inputs.tokenizer, feats.train.names, staging, cfg.model.max_length,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from job import features, training
+from job import export, features, training
 from job import model as model_step
 from job.config import DataConfig, JobConfig, ModelConfig, OutputConfig, TrainConfig
 from job.data import Split
@@ -65,6 +65,18 @@ def test_mixed_precision_keeps_head_logits_and_loss_in_float32(tiny_checkpoints,
     logs = clf.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"])
     assert not np.allclose(before, clf.classifier.kernel.numpy())  # the step was applied, not skipped
+
+    # Export computes in float32: the trained weights give a float32 model's logits (what hf_model/
+    # and the PyTorch copy give), not the 16-bit ones.
+    mixed = clf(x, training=False).logits.numpy()
+    tf.keras.mixed_precision.set_global_policy("float32")
+    ref = model_step.load_classifier(tiny_checkpoints["tf"], "tf", ("negative", "positive"))
+    ref.set_weights(clf.get_weights())
+    want = ref(x, training=False).logits.numpy()
+    assert export.float32_compute(clf) and not export.float32_compute(clf)  # once; then already float32
+    assert clf.bert(x, training=False).last_hidden_state.dtype == tf.float32
+    np.testing.assert_allclose(clf(x, training=False).logits.numpy(), want, atol=1e-6)
+    assert not np.array_equal(mixed, want)  # the 16-bit logits really differed
 
 
 def test_defaults_on_cpu_are_native_precision_without_xla_and_exact_padding():
