@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
@@ -16,16 +18,33 @@ def predict_logits(model, enc: features.Encoded, batch: int, max_length: int, pa
     so every worker of a multi-worker run can do it on its own.
     """
     ds, order = features.eval_dataset(enc, batch, max_length, pad_id)
-
-    @tf.function(reduce_retracing=True)
-    def forward(x):
-        return tf.cast(model(x, training=False).logits, tf.float32)
-
+    forward = forward_function(model, ds.element_spec[0])
     parts = [forward(x).numpy() for x, _, _ in ds]
     logits = np.concatenate(parts) if parts else np.zeros((0, model.config.num_labels), np.float32)
     out = np.empty_like(logits)
     out[order] = logits
     return out
+
+
+_FORWARD: dict[tuple, tuple] = {}
+
+
+def forward_function(model, element_spec):
+    """The model's float32-logits forward pass as one traced function per model and compute dtype,
+    reused by every call (each epoch's best-epoch scoring, the final evaluation): traced once for
+    any batch size and length (input_signature with unknown dimensions), without AutoGraph (see
+    job.training._fast_first_step). Holds the model weakly."""
+    key = (id(model), model.dtype_policy.compute_dtype)
+    ref, fn = _FORWARD.get(key, (None, None))
+    if ref is None or ref() is not model:
+        for k in [k for k, (r, _) in _FORWARD.items() if r() is None]:
+            del _FORWARD[k]
+        ref = weakref.ref(model)
+        sig = tf.nest.map_structure(lambda s: tf.TensorSpec([None] * s.shape.rank, s.dtype), element_spec)
+        fn = tf.function(lambda x: tf.cast(ref()(x, training=False).logits, tf.float32), input_signature=[sig],
+                         autograph=False)
+        _FORWARD[key] = (ref, fn)
+    return fn
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -127,9 +127,9 @@ def weights_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def export_saved_model(model, input_names: tuple[str, ...], path: Path, label_names: Sequence[str] | None = None,
-                       graph_tokenizer=None, pair: bool = False, spec=None) -> list[str]:
-    """Write the SavedModel; returns its signature names (text ones only with a graph_tokenizer)."""
+def servable(model, input_names: tuple[str, ...], label_names: Sequence[str] | None = None, graph_tokenizer=None,
+             pair: bool = False, spec=None) -> tuple[tf.Module, dict]:
+    """The module to save and its signatures (text ones only with a graph_tokenizer)."""
     label_names = tuple(label_names or label_names_of(model))
     module = tf.Module()
     module.weights = list(model.variables)  # tracked so the captured variables are saved
@@ -142,10 +142,22 @@ def export_saved_model(model, input_names: tuple[str, ...], path: Path, label_na
         signatures.update({"serving_default": module.serve_text, api_signature(spec): module.classify})
     else:
         signatures["serving_default"] = module.serve_token_ids
+    return module, signatures
+
+
+def save_servable(module: tf.Module, signatures: dict, path: Path, spec=None) -> list[str]:
+    """Write the SavedModel; returns its signature names."""
     tf.saved_model.save(module, str(path), signatures=signatures)
-    if graph_tokenizer is not None:
+    if api_signature(spec) in signatures:
         _set_method(path, api_signature(spec), REGRESS_METHOD if is_regression(spec) else CLASSIFY_METHOD)
     return sorted(signatures)
+
+
+def export_saved_model(model, input_names: tuple[str, ...], path: Path, label_names: Sequence[str] | None = None,
+                       graph_tokenizer=None, pair: bool = False, spec=None) -> list[str]:
+    """Write the SavedModel; returns its signature names (text ones only with a graph_tokenizer)."""
+    module, signatures = servable(model, input_names, label_names, graph_tokenizer, pair, spec)
+    return save_servable(module, signatures, path, spec)
 
 
 def _set_method(path: Path, signature: str, method: str) -> None:
@@ -222,7 +234,9 @@ def prediction_gap(path: Path, tokenizer, input_names: tuple[str, ...], max_leng
                    pairs: Sequence[str] | None) -> float:
     """Largest probability difference between the exported serving_default (text) and serve_token_ids
     (fed by the Hugging Face tokenizer) on up to PREDICTION_CHECK_ROWS rows, checked on the written
-    SavedModel: the file that is served, not the Python objects that made it."""
+    SavedModel: the file that is served, not the Python objects that made it. (Also the cheaper
+    way: loading restores the traced graphs, while calling the in-memory functions would trace
+    them again, tf.saved_model.save tracing its own copies.)"""
     import tensorflow_text  # noqa: F401  (the text signature's ops)
 
     from job import serving
@@ -272,8 +286,7 @@ def export_all(model, tokenizer, input_names: tuple[str, ...], staging: Path, ma
                texts: Sequence[str] = (), pairs: Sequence[str] | None = None, spec=None) -> dict:
     """saved_model/, serving/1/ (+ warm-up) and hf_model/ into `staging`; returns the layout for
     metrics.json. Text signatures need max_length and validation texts to prove them on."""
-    if float32_compute(model):
-        log.info("export: the model trained in mixed precision is exported computing in float32")
+    float32_compute(model)  # (the CLI's run has done it before its final evaluation)
     texts = list(texts)
     pair = pairs is not None
     if max_length and texts:
@@ -289,7 +302,7 @@ def export_all(model, tokenizer, input_names: tuple[str, ...], staging: Path, ma
             graph = None
             record.update(text_signatures=False, reason=f"text and token-id predictions differ by {gap:.2e} "
                                                         f"(> {PREDICTION_TOLERANCE})")
-            shutil.rmtree(staging / SAVED_MODEL)
+            shutil.rmtree(staging / SAVED_MODEL)  # (written by this export, in its own staging folder)
             signatures = export_saved_model(model, input_names, staging / SAVED_MODEL, pair=pair, spec=spec)
         else:
             record["reason"] = "identical ids on every sampled validation row, and the same predictions"

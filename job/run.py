@@ -353,6 +353,9 @@ def evaluate(trained: Trained, inputs: Inputs, timer: report.PhaseTimer) -> tupl
     """The final validation metrics, and the spec to publish (multi-label thresholds tuned here)."""
     f, cfg, spec = trained.features, trained.cfg, inputs.spec
     with timer("evaluate"):
+        # Scored as published: the export computes in float32 (job.export.float32_compute).
+        if export.float32_compute(trained.model):
+            log.info("trained in %s; evaluated and exported computing in float32", trained.precision)
         logits = evaluation.predict_logits(trained.model, f.validation, trained.runtime.global_batch,
                                            cfg.model.max_length, f.pad_id)
         untuned = problem.metrics(spec, f.validation.labels, logits)

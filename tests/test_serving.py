@@ -218,6 +218,30 @@ def test_export_publishes_text_signatures_with_parity_and_serving_layout(exporte
     assert [t.decode() for t in tf.make_ndarray(request.inputs["text"])] == texts[:3]
 
 
+def test_text_and_id_predictions_that_differ_fall_back_to_token_id_signatures(tiny_checkpoints, tmp_path,
+                                                                               monkeypatch):
+    """Identical ids are not enough: when the text signature's predictions differ from the id
+    signature's by more than the tolerance, only token-id signatures are written, with the reason."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from job import model as model_step
+    from job.config import ModelConfig
+
+    ckpt = tiny_checkpoints["tf"]
+    tok = model_step.load_tokenizer(ckpt, ModelConfig(max_length=32))
+    clf = model_step.load_classifier(ckpt, "tf", LABELS)
+    monkeypatch.setattr(export, "PREDICTION_TOLERANCE", -1.0)  # any gap, even 0, is too large
+    layout = export.export_all(clf, tok, ("input_ids", "attention_mask", "token_type_ids"), tmp_path, 32,
+                               ["The film was wonderful.", "Dull and slow."])
+    assert layout["text_signatures"] is False and layout["parity"]["share"] == 1.0
+    assert layout["reason"].startswith("text and token-id predictions differ by")
+    assert layout["signatures"] == ["serve_token_ids", "serving_default"]
+    sm = saved_model_pb2.SavedModel.FromString((tmp_path / "saved_model" / "saved_model.pb").read_bytes())
+    sigs = sm.meta_graphs[0].signature_def
+    assert set(sigs) >= {"serve_token_ids", "serving_default"} and "classify" not in sigs
+    assert set(sigs["serving_default"].inputs) == {"input_ids", "attention_mask", "token_type_ids"}
+
+
 FRESH = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
