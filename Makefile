@@ -23,8 +23,12 @@ setup: $(VENV)/.installed ## Create .venv with the job's and the tests' dependen
 run: setup ## Offline demo: local GCS emulator, packaged MiniLM, our demo data, bucket to bucket
 	$(PY) -m demo
 
-test: setup ## Run the test suite
-	$(PY) -m pytest -q -rsx tests
+# Two workers: most of a test's time is one process tracing or importing on one core; a file
+# stays on one worker (its module fixtures are built once), the slowest files go first (conftest.py).
+TEST_WORKERS ?= 2
+
+test: setup ## Run the test suite (TEST_WORKERS=0: in this process, one test at a time)
+	$(PY) -m pytest -q -rsx $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) tests
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache work

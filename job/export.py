@@ -15,6 +15,7 @@ transformers installed (the text signatures need `tensorflow_text` imported, for
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -280,6 +281,21 @@ def float32_compute(model) -> bool:
     for layer in layers:
         layer._set_dtype_policy(tf.keras.mixed_precision.Policy("float32"))
     return True
+
+
+@contextlib.contextmanager
+def float32_scope(model):
+    """Within the block the model computes in float32 (as it will be published), then as before:
+    each epoch's validation scoring for --select-best then measures what the published model
+    scores. Already traced training functions are not affected (the policy is read at trace time)."""
+    layers = list(model._flatten_layers(include_self=True))
+    before = [layer.dtype_policy for layer in layers]
+    float32_compute(model)
+    try:
+        yield model
+    finally:
+        for layer, policy in zip(layers, before):
+            layer._set_dtype_policy(policy)
 
 
 def export_all(model, tokenizer, input_names: tuple[str, ...], staging: Path, max_length: int | None = None,

@@ -105,8 +105,13 @@ class Trained:
 
 
 def run(cfg: JobConfig, hooks: Hooks | None = None) -> dict | None:
-    with training.Preemption().installed() as preemption:
-        return _run(cfg, preemption, hooks or Hooks())
+    # The dtype policy is process-wide: a caller's (a notebook's, a test runner's) is theirs again after.
+    policy = tf.keras.mixed_precision.global_policy()
+    try:
+        with training.Preemption().installed() as preemption:
+            return _run(cfg, preemption, hooks or Hooks())
+    finally:
+        tf.keras.mixed_precision.set_global_policy(policy)
 
 
 def settings_fingerprint(cfg: JobConfig) -> str:
@@ -340,8 +345,9 @@ def best_epoch_watch(cfg: JobConfig, model, feats: Features, runtime: Runtime, s
         return None
 
     def score(m) -> dict[str, float]:
-        logits = evaluation.predict_logits(m, feats.validation, runtime.global_batch, cfg.model.max_length,
-                                           feats.pad_id)
+        with export.float32_scope(m):  # scored as the final evaluation and the export compute
+            logits = evaluation.predict_logits(m, feats.validation, runtime.global_batch, cfg.model.max_length,
+                                               feats.pad_id)
         return problem.scalars(problem.metrics(spec, feats.validation.labels, logits))
 
     return selection.BestEpoch(metric, problem.direction(metric), {}, score=score,

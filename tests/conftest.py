@@ -52,6 +52,17 @@ def tf_to_pt_state_dict(model) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+    """Keras' dtype policy is process-wide: a test that trains in bf16 (what --precision auto picks on
+    CPUs with AMX) must not leave later tests' models computing in 16 bits."""
+    yield
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        tf.keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """{'tf': folder with tf_model.h5, 'pt': folder with PyTorch-only model.safetensors}, same weights."""
@@ -127,3 +138,15 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped, but FT_REQUIRE_TOOLS=1/CI requires every test to run: {reason}"
+
+
+# The slowest files first (seconds on 2 CPUs, from `pytest --durations=0`): with `make test`'s two
+# workers taking one file at a time, a long file started last would leave the other worker idle.
+SLOWEST_FIRST = ["test_multiworker", "test_publish", "test_resume", "test_quality", "test_job", "test_retraining",
+                 "test_serving", "test_problem_types", "test_logs", "test_dockerfile", "test_storage", "test_bench",
+                 "test_sweep", "test_preemption_budget"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))  # stable: file order kept

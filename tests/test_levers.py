@@ -69,6 +69,9 @@ def test_mixed_precision_keeps_head_logits_and_loss_in_float32(tiny_checkpoints,
     # Export computes in float32: the trained weights give a float32 model's logits (what hf_model/
     # and the PyTorch copy give), not the 16-bit ones.
     mixed = clf(x, training=False).logits.numpy()
+    with export.float32_scope(clf):  # each epoch's --select-best scoring: float32, then back to 16 bits
+        assert clf.bert(x, training=False).last_hidden_state.dtype == tf.float32
+    assert clf.bert(x, training=False).last_hidden_state.dtype == compute
     tf.keras.mixed_precision.set_global_policy("float32")
     ref = model_step.load_classifier(tiny_checkpoints["tf"], "tf", ("negative", "positive"))
     ref.set_weights(clf.get_weights())
