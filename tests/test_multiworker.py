@@ -57,8 +57,11 @@ def test_two_workers_train_together(style, tiny_checkpoints, toy_data, tmp_path)
     else:
         envs = [{"JOB_COMPLETION_INDEX": str(i), "FT_WORKER_HOSTS": ",".join(hosts)} for i in range(2)]
     out = tmp_path / "out"
+    # TF_CONFIG trains to a learnt model; the Indexed Job layout (the same training once its cluster
+    # is resolved) runs 2 epochs: enough to show both workers stepping together and publishing.
+    epochs = 8 if style == "TF_CONFIG" else 2
     args = ["--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]), "--output", str(out),
-            *FAST, "--epochs", "8", "--learning-rate", "1e-3", "--cluster-timeout", "120"]
+            *FAST, "--epochs", str(epochs), "--learning-rate", "1e-3", "--cluster-timeout", "120"]
     codes, logs = two_workers(args, envs, tmp_path)
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert f"cluster from {style}" in logs[0] and "this is worker:0 (chief)" in logs[0]
@@ -69,8 +72,9 @@ def test_two_workers_train_together(style, tiny_checkpoints, toy_data, tmp_path)
     # 2 workers x 1 CPU replica: global batch 32, 320 rows -> 10 steps per epoch on each worker.
     assert m["replicas"] == 2 and m["workers"] == 2 and m["global_batch_size"] == 32
     assert m["steps_per_epoch"] == 10 and m["cluster_source"] == style
-    assert m["epochs"][-1]["loss"] < m["epochs"][0]["loss"]
-    assert m["final_evaluation"]["accuracy"] >= 0.85
+    assert len(m["epochs"]) == epochs and m["epochs"][-1]["loss"] < m["epochs"][0]["loss"]
+    if style == "TF_CONFIG":
+        assert m["final_evaluation"]["accuracy"] >= 0.85
 
 
 def test_unreachable_peer_fails_within_the_timeout(tiny_checkpoints, toy_data, tmp_path):
