@@ -140,11 +140,12 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped, but FT_REQUIRE_TOOLS=1/CI requires every test to run: {reason}"
 
 
-# The slowest files first (seconds on 2 CPUs, from `pytest --durations=0`): with `make test`'s two
-# workers taking one file at a time, a long file started last would leave the other worker idle.
-SLOWEST_FIRST = ["test_multiworker", "test_publish", "test_resume", "test_quality", "test_job", "test_retraining",
-                 "test_serving", "test_problem_types", "test_logs", "test_dockerfile", "test_storage", "test_bench",
-                 "test_sweep", "test_preemption_budget"]
+# The slowest files first (seconds under `make test`'s workers, from `pytest --durations=0`): with
+# each worker taking one file at a time, a long file started last would leave the others idle.
+# test_quality is one 4-minute test: first.
+SLOWEST_FIRST = ["test_quality", "test_publish", "test_multiworker", "test_resume", "test_job", "test_retraining",
+                 "test_serving", "test_dockerfile", "test_logs", "test_problem_types", "test_storage", "test_sweep",
+                 "test_bench", "test_preemption_budget"]
 
 
 def pytest_collection_modifyitems(session, config, items):
