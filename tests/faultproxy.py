@@ -252,39 +252,41 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         p = self.proxy
         path, _, query = self.path.partition("?")
+        # Each request is recorded before its answer goes out: a client holding its answer finds it
+        # in proxy.log (recorded after sending, it raced with a test's check on a loaded machine).
         try:
             body = self._read_body()
         except (ValueError, OSError):
-            self._reset()
             p._record(self.command, path, query, "reset", None)
+            self._reset()
             return
         rule, status = p._decide(self.command, path, query, body)
         action = rule.action if rule else "forward"
         if action == "status":
-            self._send_error_status(status)
             p._record(self.command, path, query, action, status)
+            self._send_error_status(status)
             return
         if action == "reset":
-            self._reset()
             p._record(self.command, path, query, action, None)
+            self._reset()
             return
         up_status, reason, headers, data = self._forward(body)
         if action == "after":
-            self._send_error_status(status)
             p._record(self.command, path, query, action, status)
+            self._send_error_status(status)
             return
         if action == "lost":
-            self._reset()
             p._record(self.command, path, query, action, None)
+            self._reset()
             return
         headers, data = self._rewrite(query, headers, data)
         if action == "cut":
+            p._record(self.command, path, query, action, None)
             self._send(up_status, reason, headers, data, send_bytes=len(data) // 2)
             self._reset()
-            p._record(self.command, path, query, action, None)
             return
         if action == "corrupt" and data:
             i = len(data) // 2
             data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
-        self._send(up_status, reason, headers, data)
         p._record(self.command, path, query, action, up_status)
+        self._send(up_status, reason, headers, data)
