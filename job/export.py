@@ -128,9 +128,9 @@ def weights_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def servable(model, input_names: tuple[str, ...], label_names: Sequence[str] | None = None, graph_tokenizer=None,
-             pair: bool = False, spec=None) -> tuple[tf.Module, dict]:
-    """The module to save and its signatures (text ones only with a graph_tokenizer)."""
+def export_saved_model(model, input_names: tuple[str, ...], path: Path, label_names: Sequence[str] | None = None,
+                       graph_tokenizer=None, pair: bool = False, spec=None) -> list[str]:
+    """Write the SavedModel; returns its signature names (text ones only with a graph_tokenizer)."""
     label_names = tuple(label_names or label_names_of(model))
     module = tf.Module()
     module.weights = list(model.variables)  # tracked so the captured variables are saved
@@ -143,22 +143,10 @@ def servable(model, input_names: tuple[str, ...], label_names: Sequence[str] | N
         signatures.update({"serving_default": module.serve_text, api_signature(spec): module.classify})
     else:
         signatures["serving_default"] = module.serve_token_ids
-    return module, signatures
-
-
-def save_servable(module: tf.Module, signatures: dict, path: Path, spec=None) -> list[str]:
-    """Write the SavedModel; returns its signature names."""
     tf.saved_model.save(module, str(path), signatures=signatures)
-    if api_signature(spec) in signatures:
+    if graph_tokenizer is not None:
         _set_method(path, api_signature(spec), REGRESS_METHOD if is_regression(spec) else CLASSIFY_METHOD)
     return sorted(signatures)
-
-
-def export_saved_model(model, input_names: tuple[str, ...], path: Path, label_names: Sequence[str] | None = None,
-                       graph_tokenizer=None, pair: bool = False, spec=None) -> list[str]:
-    """Write the SavedModel; returns its signature names (text ones only with a graph_tokenizer)."""
-    module, signatures = servable(model, input_names, label_names, graph_tokenizer, pair, spec)
-    return save_servable(module, signatures, path, spec)
 
 
 def _set_method(path: Path, signature: str, method: str) -> None:
