@@ -16,6 +16,7 @@ Probabilities come back in input order.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -111,6 +112,7 @@ def load_predictor(model_dir: Path, max_length: int | None = None) -> Predictor:
         # The text signature truncates to the run's length: used only when that is the length asked for.
         if "text" in default.structured_input_signature[1] and max_length == trained:
             pair = "text_pair" in default.structured_input_signature[1]
+            sorted_once: list[bool] = []
 
             def text_fn(texts, pairs):
                 if pair != (pairs is not None):
@@ -119,8 +121,11 @@ def load_predictor(model_dir: Path, max_length: int | None = None) -> Predictor:
                 args = {"text": tf.constant(list(texts))}
                 if pair:
                     args["text_pair"] = tf.constant(list(pairs))
-                with logs.native_sorted():  # (its first run's oneDNN notice: see logs.native_sorted)
+                # Only the first run prints the oneDNN notice (see logs.native_sorted): the later
+                # batches write to fd 2 directly, without a temporary file each.
+                with logs.native_sorted() if not sorted_once else contextlib.nullcontext():
                     out = default(**args)
+                sorted_once.append(True)
                 if spec.kind == problem.REGRESSION:
                     return out["score"].numpy().reshape(-1, 1)
                 return out["probabilities"].numpy()
