@@ -13,6 +13,7 @@ of rows cost no per-row Python objects here. run.py writes it as report/data.md 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -24,6 +25,8 @@ AUTO_MULTIPLE = 8
 # Longest token count measured when the model states no limit.
 UNKNOWN_LIMIT_CAP = 512
 EXAMPLES = 3
+# C0 controls other than tab, newline and carriage return (NUL never reaches here: data.py refuses it).
+_CONTROLS = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def covering(lengths: np.ndarray, share: float) -> int:
@@ -44,14 +47,15 @@ def choose_max_length(lengths: np.ndarray, limit: int | None) -> int:
 
 
 def _keys(split):
-    """The split's rows as one Arrow string column (text, or text + U+001F + pair)."""
+    """The split's rows as one Arrow string column (text, or text + NUL + pair: data.py refuses NUL in
+    texts, so no two different rows share a key)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     texts = pa.array(split.texts, pa.string())
     if split.pairs is None:
         return texts
-    return pc.binary_join_element_wise(texts, pa.array(split.pairs, pa.string()), "\x1f")
+    return pc.binary_join_element_wise(texts, pa.array(split.pairs, pa.string()), "\x00")
 
 
 def _normalised(col):
@@ -61,7 +65,7 @@ def _normalised(col):
 
 
 def _short(text: str, width: int = 80) -> str:
-    text = " ".join(text.replace("\x1f", " | ").split())
+    text = " ".join(_CONTROLS.sub(" ", text.replace("\x00", " | ")).split())
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
@@ -83,6 +87,14 @@ def _duplicates(col) -> dict:
     top = repeated[np.argsort(-n[repeated], kind="stable")[:EXAMPLES]]
     return {"rows": int(len(col) - len(n)), "distinct_repeated": int(len(repeated)),
             "examples": [{"text": _short(values[int(i)].as_py()), "count": int(n[i])} for i in top]}
+
+
+def _with_controls(col) -> int:
+    """Rows holding a C0 control character other than tab, newline and carriage return (kept in the
+    texts; BERT-style tokenizers drop them)."""
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.match_substring_regex(col, _CONTROLS.pattern)).as_py() or 0)
 
 
 def _empty(col) -> int:
@@ -119,6 +131,7 @@ def build(data, train_lengths: np.ndarray, max_length: int, requested: int | str
         "duplicates_in_train": _duplicates(train),
         "overlap": {"exact": _overlap(train, val), "normalised": _overlap(_normalised(train), _normalised(val))},
         "empty_texts": {"train": _empty(train), "validation": _empty(val)},
+        "control_character_texts": {"train": _with_controls(train), "validation": _with_controls(val)},
         "token_lengths": {**pct, "max": int(lengths.max()) if len(lengths) else 0,
                           "counted_up_to": int(limit or max(UNKNOWN_LIMIT_CAP, max_length))},
         "max_length": {"requested": requested, "used": int(max_length), "model_limit": limit},
@@ -156,8 +169,9 @@ def check_leakage(rep: dict, max_leakage: float | None) -> None:
 def markdown(rep: dict) -> str:
     o, d, t, m = rep["overlap"], rep["duplicates_in_train"], rep["token_lengths"], rep["max_length"]
     lines = ["# Data report", "", f"Validation: {rep['validation_source']}.", "",
-             "| Split | Rows | Empty texts |", "| --- | --- | --- |"]
-    lines += [f"| {s} | {rep['rows'][s]:,} | {rep['empty_texts'][s]} |" for s in ("train", "validation")]
+             "| Split | Rows | Empty texts | Texts with control characters |", "| --- | --- | --- | --- |"]
+    lines += [f"| {s} | {rep['rows'][s]:,} | {rep['empty_texts'][s]} | {rep['control_character_texts'][s]} |"
+              for s in ("train", "validation")]
     if rep.get("targets"):
         y = rep["targets"]
         lines += ["", f"## Targets (train, regression): min {y['min']:g}, mean {y['mean']:g}, max {y['max']:g}"]

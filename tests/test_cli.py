@@ -97,7 +97,7 @@ def cases(tmp_path, good, tiny_checkpoints):
         ("signed url", ["--data", signed], "does not exist", ExitCode.BAD_INPUT),
         ("unknown option", ["--bogus", "1"], "No such option", ExitCode.USAGE),
         ("not a number", ["--epochs", "many"], "Invalid value for '--epochs'", ExitCode.USAGE),
-        ("nul in text", ["--train", nul_text], "row 3: the text column holds the control character U+0000 (NUL)",
+        ("nul in text", ["--train", nul_text], "row 3: the text column holds a NUL byte (U+0000)",
          ExitCode.BAD_INPUT),
         ("fractional label", ["--train", half_label], "row 3: the label '0.5' is not a whole number", ExitCode.BAD_INPUT),
         ("object label", ["--train", object_label], 'row 2: the label is a JSON object ({"a": 1})', ExitCode.BAD_INPUT),

@@ -81,6 +81,14 @@ def test_pairs_overlap_only_when_both_texts_match():
     assert rep["overlap"]["exact"]["rows"] == 1 and rep["overlap"]["exact"]["examples"] == ["a | x"]
 
 
+def test_texts_with_control_characters_are_counted_not_refused():
+    s_train = split(["plain", "odd\x12one", "tab\tand\nnewline", "esc\x1b[0m"], pairs=["x", "y", "z", "w"])
+    s_val = split(["fine", "a\x01b"], pairs=["q", "r"])
+    rep = datareport.build(data.LabelledData(s_train, s_val, ("0", "1"), "file", {}), np.full(4, 3), 8, 8, None)
+    assert rep["control_character_texts"] == {"train": 2, "validation": 1}  # tab and newline do not count
+    assert "| train | 4 | 0 | 2 |" in datareport.markdown(rep)
+
+
 def test_training_run_publishes_the_data_report_and_resolves_auto(tmp_path, tiny_checkpoints):
     rows = [f"good fine great film {i % 7}" if i % 2 else f"bad awful dull plot {i % 5}" for i in range(80)]
     (tmp_path / "d").mkdir()
