@@ -23,6 +23,7 @@ from job import formats, storage
 from job import labels as label_rules
 from job.config import DataConfig
 from job.errors import ConfigError, DataError
+from job.texts import Texts
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,20 @@ _CONTROL = re.compile(r"\x00")
 
 @dataclass(frozen=True)
 class Split:
-    texts: tuple[str, ...]
-    pairs: tuple[str, ...] | None  # second text per row, for sentence-pair tasks
+    texts: Texts  # any sequence of str given is held as Texts (one Arrow array, no per-row objects)
+    pairs: Texts | None  # second text per row, for sentence-pair tasks
     labels: np.ndarray  # int32 class ids; multi-label float32 0/1 [n, K]; regression float32 (job/labels.py)
+
+    def __post_init__(self):
+        object.__setattr__(self, "texts", Texts(self.texts))
+        if self.pairs is not None:
+            object.__setattr__(self, "pairs", Texts(self.pairs))
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def take(self, idx: np.ndarray) -> "Split":
-        return Split(tuple(self.texts[i] for i in idx),
-                     tuple(self.pairs[i] for i in idx) if self.pairs is not None else None,
+        return Split(self.texts.take(idx), self.pairs.take(idx) if self.pairs is not None else None,
                      self.labels[idx])
 
 
@@ -180,16 +185,38 @@ def _first_control(values: list[str]) -> tuple[int, int] | None:
     return None
 
 
-def _texts(col: pd.Series, flag: str, src: _Source) -> list[str]:
+def _arrow_strings(col: pd.Series):
+    """The column as an Arrow string array when it is one (CSV/TSV, Parquet and Arrow string
+    columns are read Arrow-backed: job/formats.py), else None."""
+    import pyarrow as pa
+
+    if not isinstance(col.dtype, pd.ArrowDtype):
+        return None
+    arr = pa.array(col.array)  # zero-copy: the column's own Arrow data
+    return arr if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) else None
+
+
+def _texts(col: pd.Series, flag: str, src: _Source) -> Texts:
     what_column = flag.removesuffix("-column")
-    out = col.tolist()
-    for i, v in enumerate(out):
-        if not isinstance(v, str) or not v.strip():
-            what = "missing" if v is None or (isinstance(v, float) and np.isnan(v)) else \
-                ("not text" if not isinstance(v, str) else "empty")
-            raise DataError(f"{src.shown} row {src.row(i)}: {what} value in the {what_column} column; "
-                            "remove or fill such rows")
-    hit = _first_control(out)
+    arrow = _arrow_strings(col)
+    if arrow is not None:
+        # Millions of rows: Arrow kernels, no Python object per row.
+        out = Texts(arrow)
+        for i, what in ((out.first_null(), "missing"), (out.first_blank(), "empty")):
+            if i is not None:
+                raise DataError(f"{src.shown} row {src.row(i)}: {what} value in the {what_column} column; "
+                                "remove or fill such rows")
+        hit = out.first_nul()
+    else:
+        values = col.tolist()
+        for i, v in enumerate(values):
+            if not isinstance(v, str) or not v.strip():
+                what = "missing" if v is None or (isinstance(v, float) and np.isnan(v)) else \
+                    ("not text" if not isinstance(v, str) else "empty")
+                raise DataError(f"{src.shown} row {src.row(i)}: {what} value in the {what_column} column; "
+                                "remove or fill such rows")
+        hit = _first_control(values)
+        out = Texts(values)
     if hit is not None:
         i, at = hit
         raise DataError(f"{src.shown} row {src.row(i)}: the {what_column} column holds a NUL byte (U+0000) at "
@@ -305,8 +332,8 @@ def _label_strings(col: pd.Series, src: _Source) -> list[str]:
 
 @dataclass(frozen=True)
 class RawSplit:
-    texts: list[str]
-    pairs: list[str] | None
+    texts: Texts
+    pairs: Texts | None
     labels: list  # str per row; multi-label: tuple of str; regression: float (job/labels.py)
 
 
@@ -323,15 +350,18 @@ def read_split(paths: list[Path], shown: list[str], cfg: DataConfig, labelled: b
         if frame.shape[0] == 0:
             raise DataError(f"{name} has a header but no rows")
         src = _Source(path, name, fmt, cfg.header, opts)
-        texts += _texts(_column(frame, cfg.text_column, "text-column", name), "text-column", src)
+        texts.append(_texts(_column(frame, cfg.text_column, "text-column", name), "text-column", src))
         if pairs is not None:
-            pairs += _texts(_column(frame, cfg.text_pair_column, "text-pair-column", name), "text-pair-column", src)
+            pairs.append(_texts(_column(frame, cfg.text_pair_column, "text-pair-column", name), "text-pair-column",
+                                src))
         if labelled:
             col = _column(frame, cfg.label_column, "label-column", name)
+            if isinstance(col.dtype, pd.ArrowDtype):
+                col = col.astype(object)  # labels: a few distinct strings, parsed per row as before
             kind = label_rules.column_kind(col, cfg.problem_type, cfg.label_separator)
             labels += _label_strings(col, src) if kind == "single_label" else label_rules.parse_column(
                 col.tolist(), kind, cfg.label_separator, name, src.row, _label)
-    return RawSplit(texts, pairs, labels)
+    return RawSplit(Texts.concat(texts), Texts.concat(pairs) if pairs is not None else None, labels)
 
 
 def read_rows(uri: str, cfg: DataConfig, scratch: Path, labelled: bool) -> RawSplit:
@@ -404,10 +434,10 @@ def load(cfg: DataConfig, num_labels: int | None, seed: int, scratch: Path) -> L
         if num_labels is not None:
             raise ConfigError(f"--num-labels applies to single-label data; the labels make this {kind}: drop it")
         train_ids, val_ids, names = label_rules.encode(kind, tr.labels, va.labels if va else None)
-    train = Split(tuple(tr.texts), tuple(tr.pairs) if tr.pairs is not None else None, train_ids)
+    train = Split(tr.texts, tr.pairs, train_ids)
     rng = np.random.default_rng(seed)
     if va is not None:
-        validation, source = Split(tuple(va.texts), tuple(va.pairs) if va.pairs is not None else None, val_ids), "file"
+        validation, source = Split(va.texts, va.pairs, val_ids), "file"
     else:
         if len(train) < 2:
             raise DataError("the training split has fewer than 2 rows: cannot carve a validation split from it")

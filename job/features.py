@@ -38,9 +38,14 @@ def pad_multiple(jit_compile: bool | None = None) -> int:
 
 @dataclass(frozen=True)
 class Encoded:
-    """Token ids of every row as flat arrays + row offsets (a ragged layout without per-row objects)."""
+    """Token ids of every row as flat arrays + row offsets (a ragged layout without per-row objects).
 
-    features: dict[str, np.ndarray]  # name -> flat values (input_ids int32, masks and segment ids int8)
+    A model input that is the same for every real token (the attention mask is always 1 unpadded;
+    segment ids are 0 for single texts) is held as that int, not as an array: at 10 million rows
+    each stored int8 input costs 240 MB. Ids are uint16 when the vocabulary fits (int32 otherwise).
+    """
+
+    features: dict[str, np.ndarray | int]  # name -> flat values, or the value of every real token
     offsets: np.ndarray  # int64, len(rows) + 1
     labels: np.ndarray  # int32 class ids, or float32 targets (multi-label [n, K], regression [n])
 
@@ -56,34 +61,74 @@ class Encoded:
         return tuple(self.features)
 
 
+def _flat(column, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(values, int64 offsets) of a chunked Arrow list column, one copy of the values."""
+    import pyarrow.compute as pc
+
+    chunks = column.chunks
+    lengths = np.concatenate([pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in chunks]
+                             or [np.zeros(0, np.int64)])
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in chunks]
+                            or [np.zeros(0, dtype)]).astype(dtype, copy=False)
+    return values, offsets
+
+
 def encode(split: Split, tokenizer, max_length: int) -> Encoded:
-    """Token ids of every row, unpadded, through `datasets.map(batched=True)`. The Arrow columns it
-    returns are read as flat values + offsets (zero-copy), not as per-row Python lists."""
+    """Token ids of every row, unpadded, through `datasets.map(batched=True)` over the split's own
+    Arrow texts (no copy into Python lists). Each chunk's ids leave as one Arrow list column of
+    uint16/int32 values, so no Python int outlives its chunk; the Rust tokenizer spreads each chunk
+    over every core."""
+    import itertools
+
     import datasets
+    import pyarrow as pa
 
     datasets.disable_progress_bars()
     names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
-    columns = {"text": list(split.texts)}
+    id_type = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.int32
+    columns = {"text": split.texts.arrow}
     if split.pairs is not None:
-        columns["pair"] = list(split.pairs)
+        columns["pair"] = split.pairs.arrow
+    segments = "token_type_ids" in names
 
     def tokenize(batch):
         args = (batch["text"], batch["pair"]) if "pair" in batch else (batch["text"],)
-        enc = tokenizer(*args, truncation=True, max_length=max_length, padding=False)
-        return {n: enc[n] for n in names}
+        enc = tokenizer(*args, truncation=True, max_length=max_length, padding=False,
+                        return_attention_mask=False, return_token_type_ids=segments)
+        ids = enc["input_ids"]
+        lengths = np.fromiter(map(len, ids), np.int32, count=len(ids))
+        offsets = np.zeros(len(ids) + 1, np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        out = {"input_ids": np.fromiter(itertools.chain.from_iterable(ids), id_type, count=total)}
+        if segments:
+            out["token_type_ids"] = np.fromiter(itertools.chain.from_iterable(enc["token_type_ids"]), np.int8,
+                                                count=total)
+        return pa.table({n: pa.ListArray.from_arrays(pa.array(offsets), pa.array(v)) for n, v in out.items()})
 
-    ds = datasets.Dataset.from_dict(columns).map(tokenize, batched=True, batch_size=TOKENIZE_CHUNK,
+    ds = datasets.Dataset(pa.table(columns)).map(tokenize, batched=True, batch_size=TOKENIZE_CHUNK,
                                                  remove_columns=list(columns), keep_in_memory=True)
-    features, offsets = {}, np.zeros(1, np.int64)
+    table = ds.data.table
+    del ds
+    features: dict[str, np.ndarray | int] = {}
+    offsets = np.zeros(len(split) + 1, np.int64)
+    stored = ["input_ids"] + (["token_type_ids"] if segments else [])
+    flat = {}
+    for n in stored:
+        if len(split):
+            flat[n], offsets = _flat(table.column(n), id_type if n == "input_ids" else np.int8)
+        else:
+            flat[n] = np.zeros(0, id_type if n == "input_ids" else np.int8)
+        table = table.drop_columns([n])  # frees the column's Arrow buffers before the next copy
     for n in names:
-        col = ds.data.table.column(n).combine_chunks()
-        # Masks and segment ids stay in the int8 datasets stores them as (a quarter of int32's
-        # memory at millions of rows); pad_batch widens each batch to int32.
-        values = col.values.to_numpy(zero_copy_only=False)
-        features[n] = values.astype(np.int32, copy=False) if n == "input_ids" or values.dtype.kind != "i" else values
-        offsets = col.offsets.to_numpy().astype(np.int64)
-    if not names or len(split.texts) == 0:
-        features = {n: np.zeros(0, np.int32) for n in names}
+        if n == "attention_mask":
+            features[n] = 1
+        elif n == "token_type_ids" and not flat[n].any():
+            features[n] = 0
+        else:
+            features[n] = flat[n]
     return Encoded(features, offsets, _targets(split.labels))
 
 
@@ -113,7 +158,15 @@ def truncate(full: Encoded, split: Split, tokenizer, max_length: int) -> Encoded
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(new_lengths, out=offsets[1:])
     source = np.repeat(start - offsets[:-1], new_lengths) + np.arange(int(offsets[-1]))
-    feats = {n: np.concatenate([full.features[n], short.features[n]])[source] for n in full.names}
+    feats = {}
+    for n in full.names:
+        a, b = full.features[n], short.features[n]
+        if isinstance(a, int) and isinstance(b, int) and a == b:
+            feats[n] = a
+        else:
+            a, b = (np.full(int(e.offsets[-1]), v, np.int8) if isinstance(v, int) else v
+                    for v, e in ((a, full), (b, short)))
+            feats[n] = np.concatenate([a, b.astype(a.dtype, copy=False)])[source]
     return Encoded(feats, offsets, full.labels)
 
 
@@ -158,6 +211,9 @@ def pad_batch(enc: Encoded, idx: np.ndarray, max_length: int, pad_id: int = 0, m
     source = (enc.offsets[idx][:, None] + np.arange(width)[None, :])[mask]
     out = {}
     for name, flat in enc.features.items():
+        if isinstance(flat, int):  # the same value for every real token, 0 for padding
+            out[name] = mask.astype(np.int32) * flat
+            continue
         arr = np.full((len(idx), width), pad_id if name == "input_ids" else 0, dtype=np.int32)
         arr[mask] = flat[source]
         out[name] = arr

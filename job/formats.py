@@ -18,6 +18,7 @@ import gzip
 import io
 import json
 import lzma
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +148,60 @@ def _first_line(text: str) -> str:
     return (text if end < 0 else text[:end]).rstrip("\r")
 
 
-def sniff_delimiter(text: str, fmt: str, header: bool, opts: ReadOptions, shown: str) -> str:
+@dataclass(frozen=True)
+class Head:
+    """What delimiter and quoting detection read of a delimited file: its first line and a sample
+    from the line holding its first quote (the header prepended), never the whole file."""
+
+    first_line: str
+    quote_sample: str | None  # None: the file holds no quote
+    cut: bool  # the file goes on after the sample (its last record may be partial)
+    quote_line: int  # the line number of the first quote (for messages)
+
+
+def head_of_text(text: str) -> Head:
+    header, first = _first_line(text), text.find('"')
+    if first < 0:
+        return Head(header, None, False, 0)
+    start = text.rfind("\n", 0, first) + 1
+    sample = text[start:start + QUOTING_SAMPLE]
+    return Head(header, header + "\n" + sample if start > 0 else sample, start + QUOTING_SAMPLE < len(text),
+                text.count("\n", 0, first) + 1)
+
+
+def head_of_utf8(raw: bytes, skip: int = 0) -> Head:
+    """head_of_text(raw[skip:].decode()) without decoding (or copying) the whole file; a sample is
+    QUOTING_SAMPLE bytes, not characters. A window cut inside a character drops that character; a
+    byte that is not UTF-8 is left for the reader, whose refusal sends the file to the full decode
+    and its message."""
+    end = raw.find(b"\n", skip)
+    header = raw[skip:end if end >= 0 else len(raw)].decode("utf-8", errors="replace").rstrip("\r")
+    first = raw.find(b'"', skip)
+    if first < 0:
+        return Head(header, None, False, 0)
+    start = max(raw.rfind(b"\n", skip, first) + 1, skip)
+    sample = raw[start:start + QUOTING_SAMPLE].decode("utf-8", errors="ignore")
+    return Head(header, header + "\n" + sample if start > skip else sample, start + QUOTING_SAMPLE < len(raw),
+                raw.count(b"\n", skip, first) + 1)
+
+
+def utf8_start(raw: bytes, encoding: str) -> int | None:
+    """Where the UTF-8 text of `raw` starts (past a UTF-8 byte-order mark) when `encoding` reads
+    it as UTF-8, else None (UTF-16 and other codecs are decoded)."""
+    if encoding == "auto":
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return None
+        return len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    name = codecs.lookup(encoding).name
+    if name == "utf-8-sig":
+        return len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    return 0 if name == "utf-8" else None
+
+
+_BLANK_BYTES = re.compile(rb"\s*")
+
+
+def sniff_delimiter(head: Head, fmt: str, header: bool, opts: ReadOptions, shown: str) -> str:
     """--delimiter, else a tab for TSV; for CSV the one delimiter whose header holds every named
     column (a ';' export of a European spreadsheet), else ','."""
     given = DELIMITERS[opts.delimiter]
@@ -155,7 +209,7 @@ def sniff_delimiter(text: str, fmt: str, header: bool, opts: ReadOptions, shown:
         return given
     if fmt == "tsv" or not header or not opts.columns:
         return "\t" if fmt == "tsv" else ","
-    line = _first_line(text)
+    line = head.first_line
     fits = [d for d in (",", ";", "|", "\t")
             if set(opts.columns) <= {f.strip() for f in next(csv.reader([line], delimiter=d), [])}]
     if len(fits) > 1 and "," not in fits:
@@ -203,7 +257,7 @@ def _consistent(sample: str, dialect: Dialect, cut: bool) -> tuple[bool, bool]:
     return ok, special
 
 
-def detect_quoting(text: str, delimiter: str, shown: str) -> bool:
+def detect_quoting(head: Head, delimiter: str, shown: str) -> bool:
     """Whether fields are RFC 4180-quoted (pandas' and the csv module's output) or quotes are plain
     text (GLUE's SST-2 and MRPC, bare " inside texts).
 
@@ -212,15 +266,9 @@ def detect_quoting(text: str, delimiter: str, shown: str) -> bool:
     is quoted only if some quoted field needed it (it holds the delimiter, a newline or a doubled "")
     or every header field is quoted (QUOTE_ALL writers); a bare-quote file never has those.
     """
-    first = text.find('"')
-    if first < 0:
+    if head.quote_sample is None:
         return False
-    start = text.rfind("\n", 0, first) + 1
-    header = _first_line(text)
-    sample = text[start:start + QUOTING_SAMPLE]
-    cut = start + QUOTING_SAMPLE < len(text)
-    if start > 0:
-        sample = header + "\n" + sample
+    header, sample, cut = head.first_line, head.quote_sample, head.cut
     quoted_ok, special = _consistent(sample, Dialect(delimiter, True), cut)
     bare_ok, _ = _consistent(sample, Dialect(delimiter, False), cut)
     if quoted_ok and not bare_ok:
@@ -231,20 +279,19 @@ def detect_quoting(text: str, delimiter: str, shown: str) -> bool:
         fields = header.split(delimiter)
         all_quoted = all(len(f) >= 2 and f[0] == f[-1] == '"' for f in fields)
         return special or all_quoted
-    line = text.count("\n", 0, first) + 1
-    raise DataError(f"{shown} has inconsistent quoting from line {line} on: read with RFC 4180 quoting or with "
+    raise DataError(f"{shown} has inconsistent quoting from line {head.quote_line} on: read with RFC 4180 quoting or with "
                     "quotes as plain text, its records do not split into the same columns; fix the file, or "
                     "pass --quoting csv (quoted fields, \"\" inside them) or --quoting none (quotes are text)")
 
 
-def dialect(text: str, shown: str, fmt: str, header: bool, opts: ReadOptions) -> Dialect:
-    delimiter = sniff_delimiter(text, fmt, header, opts, shown)
+def dialect(head: Head, shown: str, fmt: str, header: bool, opts: ReadOptions) -> Dialect:
+    delimiter = sniff_delimiter(head, fmt, header, opts, shown)
     if opts.quoting != "auto":
         return Dialect(delimiter, opts.quoting == "csv")
-    return Dialect(delimiter, detect_quoting(text, delimiter, shown))
+    return Dialect(delimiter, detect_quoting(head, delimiter, shown))
 
 
-def _arrow_delimited(text: str, d: Dialect, header: bool) -> pd.DataFrame | None:
+def _arrow_delimited(body: bytes, first_line: str, d: Dialect, header: bool) -> pd.DataFrame | None:
     """The file through pyarrow's multi-threaded CSV reader: Arrow string columns, no Python object
     per field while parsing (pandas' reader with dtype=str peaks near 1 KB a row). None when pyarrow
     refuses the file: pandas then reads it and words the error (or reads what pyarrow will not, such
@@ -252,13 +299,16 @@ def _arrow_delimited(text: str, d: Dialect, header: bool) -> pd.DataFrame | None
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    first = next(csv.reader([_first_line(text)], **d.reader_options()), [])
+    first = next(csv.reader([first_line], **d.reader_options()), [])
+    skip = 0
+    if isinstance(body, tuple):  # (raw bytes, where the text starts): no copy of a large file
+        body, skip = body
     names = first if header else [str(i) for i in range(len(first))]
     if not names or len(set(names)) != len(names):
         return None  # duplicate header names: pandas' renaming (a, a.1) is what users have seen
     try:
         table = pacsv.read_csv(
-            pa.py_buffer(text.encode("utf-8")),
+            pa.py_buffer(body).slice(skip),  # UTF-8; a string column that is not is refused (ArrowInvalid)
             read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if header else 0),
             parse_options=pacsv.ParseOptions(delimiter=d.delimiter, quote_char='"' if d.quoted else False,
                                              double_quote=True, newlines_in_values=d.quoted,
@@ -267,12 +317,13 @@ def _arrow_delimited(text: str, d: Dialect, header: bool) -> pd.DataFrame | None
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    return table.to_pandas()
+    return arrow_frame(table)
 
 
 def _read_delimited(text: str, shown: str, fmt: str, header: bool, opts: ReadOptions) -> pd.DataFrame:
-    d = dialect(text, shown, fmt, header, opts)
-    frame = _arrow_delimited(text, d, header)
+    head = head_of_text(text)
+    d = dialect(head, shown, fmt, header, opts)
+    frame = _arrow_delimited(text.encode("utf-8"), head.first_line, d, header)
     if frame is not None and frame.shape[1] > 0:
         return frame
     quoting = dict(quotechar='"', doublequote=True) if d.quoted else dict(quoting=csv.QUOTE_NONE)
@@ -286,6 +337,22 @@ def _read_delimited(text: str, shown: str, fmt: str, header: bool, opts: ReadOpt
         raise DataError(f"{shown} is empty") from None
     frame.columns = [str(c) for c in frame.columns]
     return frame
+
+
+def _read_utf8_delimited(raw: bytes, shown: str, fmt: str, header: bool, opts: ReadOptions) -> pd.DataFrame | None:
+    """A UTF-8 CSV/TSV straight from its bytes into Arrow: no decoded copy of the file (a str of a
+    1 GB file is 1-4 GB: one emoji makes every character 4 bytes). None when anything is off (not
+    UTF-8, empty, a detection or parse problem): the decoding path then reads it and words the error."""
+    skip = utf8_start(raw, opts.encoding)
+    if skip is None or _BLANK_BYTES.fullmatch(raw, skip):
+        return None
+    head = head_of_utf8(raw, skip)
+    try:
+        d = dialect(head, shown, fmt, header, opts)
+    except DataError:
+        return None  # said again, after the file is known to decode, by the decoding path
+    frame = _arrow_delimited((raw, skip), head.first_line, d, header)
+    return frame if frame is not None and frame.shape[1] > 0 else None
 
 
 def csv_line(text: str, d: Dialect, header: bool, index: int) -> int | None:
@@ -385,6 +452,18 @@ def _read_json(text: str, shown: str, field: str | None) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # Binary columnar files
 
+def arrow_frame(table) -> pd.DataFrame:
+    """A pyarrow table as a frame whose string columns stay Arrow-backed (pd.ArrowDtype): a text
+    column of millions of rows is then one buffer, not a Python object per row (job/texts.py).
+    Other columns convert as pandas always has (numbers to numpy, lists to objects)."""
+    import pyarrow as pa
+
+    def mapper(t):
+        return pd.ArrowDtype(t) if pa.types.is_string(t) or pa.types.is_large_string(t) else None
+
+    return table.to_pandas(types_mapper=mapper)
+
+
 def _read_arrow(path: Path, shown: str) -> pd.DataFrame:
     """An Arrow IPC file: `datasets` writes the stream format, other tools the file format."""
     import pyarrow as pa
@@ -398,7 +477,7 @@ def _read_arrow(path: Path, shown: str) -> pd.DataFrame:
                 table = pa.ipc.open_file(source).read_all()
     except Exception as exc:
         raise DataError(f"{shown} is not a readable Arrow file ({type(exc).__name__}: {exc})") from None
-    return table.to_pandas()
+    return arrow_frame(table)
 
 
 def read_table(path: Path, shown: str, fmt: str, header: bool, opts: ReadOptions = ReadOptions()) -> pd.DataFrame:
@@ -408,7 +487,7 @@ def read_table(path: Path, shown: str, fmt: str, header: bool, opts: ReadOptions
             import pyarrow.parquet as pq
 
             try:
-                frame = pq.read_table(path).to_pandas()
+                frame = arrow_frame(pq.read_table(path))
             except Exception as exc:
                 raise DataError(f"{shown} is not a readable Parquet file ({type(exc).__name__}: {exc})") from None
         else:
@@ -416,7 +495,13 @@ def read_table(path: Path, shown: str, fmt: str, header: bool, opts: ReadOptions
         if not header:
             frame.columns = [str(i) for i in range(frame.shape[1])]
         return frame
-    text = read_text(path, shown, opts)
+    raw = read_bytes(path, shown)
+    if fmt in ("csv", "tsv"):
+        frame = _read_utf8_delimited(raw, shown, fmt, header, opts)
+        if frame is not None:
+            return frame
+    text = decode(raw, shown, opts.encoding)
+    del raw  # a large file: the text alone from here on
     if not text.strip():
         raise DataError(f"{shown} is empty")
     if fmt in ("jsonl", "json"):
@@ -446,4 +531,4 @@ def record_line(path: Path, shown: str, fmt: str, header: bool, opts: ReadOption
                 if seen == index:
                     return number
         return None
-    return csv_line(text, dialect(text, shown, fmt, header, opts), header, index)
+    return csv_line(text, dialect(head_of_text(text), shown, fmt, header, opts), header, index)

@@ -108,3 +108,35 @@ def test_input_pipelines_do_not_autotune():
                features.validation_dataset(enc, 2, max_length=64), features.eval_dataset(enc, 2, max_length=64)[0]):
         assert ds.options().autotune.enabled is False
         assert len(list(ds)) == 2
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from conftest import build_tokenizer
+
+    return build_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.mark.parametrize("with_pairs", [False, True])
+def test_compact_encoding_pads_to_what_the_tokenizer_gives(tok, with_pairs):
+    from job.data import Split
+
+    words = "good bad film story acting plot café naïve 😀".split()
+    texts = [" ".join(words[(i * 7 + j) % 9] for j in range(1 + i % 13)) for i in range(50)]
+    pairs = texts[::-1] if with_pairs else None
+    split = Split(texts, pairs, np.arange(50) % 2)
+    enc = features.encode(split, tok, 24)
+    # Compact: ids in 2 bytes, the mask never stored, segment ids stored only for pairs.
+    assert enc.features["input_ids"].dtype == np.uint16 and enc.features["attention_mask"] == 1
+    if with_pairs:
+        assert enc.features["token_type_ids"].dtype == np.int8 and enc.features["token_type_ids"].any()
+    else:
+        assert enc.features["token_type_ids"] == 0
+    idx = np.array([3, 17, 0, 49, 8])
+    got = features.pad_batch(enc, idx, 24, pad_id=tok.pad_token_id, multiple=1)
+    args = ([texts[i] for i in idx], [pairs[i] for i in idx]) if with_pairs else ([texts[i] for i in idx],)
+    want = tok(*args, truncation=True, max_length=24, padding="longest", return_tensors="np")
+    assert set(got) == set(enc.names) == {"input_ids", "attention_mask", "token_type_ids"}
+    for name in got:
+        assert got[name].dtype == np.int32
+        assert np.array_equal(got[name], want[name]), name
