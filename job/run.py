@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from job import (champion, checkpoints, datareport, distribution, evaluation, export, features, logs, modelcard,
@@ -270,7 +271,9 @@ def build_model(cfg: JobConfig, inputs: Inputs, runtime: Runtime, timer: report.
     log.info("precision: %s, XLA: %s, steps per execution: %d", precision,
              "on" if training.jit_compile_enabled(cfg.train) else "off", cfg.train.steps_per_execution)
     with timer("load_model"), runtime.strategy.scope():
-        clf = model_step.load_classifier(inputs.checkpoint, inputs.kind, inputs.data.label_names)
+        mean = (float(np.mean(inputs.data.train.labels)) if inputs.spec.kind == problem.REGRESSION
+                and len(inputs.data.train) else None)
+        clf = model_step.load_classifier(inputs.checkpoint, inputs.kind, inputs.data.label_names, mean)
         training.compile_model(clf, cfg.train, total_steps=runtime.steps_per_epoch * cfg.train.epochs,
                                spec=inputs.spec, class_weights=inputs.class_weights)
     return clf, precision
