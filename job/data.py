@@ -435,9 +435,11 @@ def load(cfg: DataConfig, num_labels: int | None, seed: int, scratch: Path) -> L
             raise ConfigError(f"--num-labels applies to single-label data; the labels make this {kind}: drop it")
         train_ids, val_ids, names = label_rules.encode(kind, tr.labels, va.labels if va else None)
     train = Split(tr.texts, tr.pairs, train_ids)
+    validation = Split(va.texts, va.pairs, val_ids) if va is not None else None
+    del raw, tr, va  # at millions of rows: the texts of a carve below are copies, the originals go
     rng = np.random.default_rng(seed)
-    if va is not None:
-        validation, source = Split(va.texts, va.pairs, val_ids), "file"
+    if validation is not None:
+        source = "file"
     else:
         if len(train) < 2:
             raise DataError("the training split has fewer than 2 rows: cannot carve a validation split from it")

@@ -52,10 +52,9 @@ def _keys(split):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    texts = pa.array(split.texts, pa.string())
     if split.pairs is None:
-        return texts
-    return pc.binary_join_element_wise(texts, pa.array(split.pairs, pa.string()), "\x00")
+        return split.texts.arrow
+    return pc.binary_join_element_wise(split.texts.arrow, split.pairs.arrow, pa.scalar("\x00", pa.large_string()))
 
 
 def _normalised(col):

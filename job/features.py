@@ -108,8 +108,11 @@ def encode(split: Split, tokenizer, max_length: int) -> Encoded:
                                                 count=total)
         return pa.table({n: pa.ListArray.from_arrays(pa.array(offsets), pa.array(v)) for n, v in out.items()})
 
-    ds = datasets.Dataset(pa.table(columns)).map(tokenize, batched=True, batch_size=TOKENIZE_CHUNK,
-                                                 remove_columns=list(columns), keep_in_memory=True)
+    # Fingerprints given, not computed: datasets would hash the whole in-memory table to make one
+    # (a transient copy of every text, ~670 bytes a row measured), and nothing is cached here.
+    ds = datasets.Dataset(pa.table(columns), fingerprint="finetune-job-texts").map(
+        tokenize, batched=True, batch_size=TOKENIZE_CHUNK, remove_columns=list(columns), keep_in_memory=True,
+        new_fingerprint="finetune-job-tokens")
     table = ds.data.table
     del ds
     features: dict[str, np.ndarray | int] = {}

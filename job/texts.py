@@ -27,6 +27,7 @@ def _large(values):
     import pyarrow as pa
 
     if isinstance(values, pa.ChunkedArray):
+        # One array: Arrow's take on a chunked array joins the chunks first, a copy at every carve.
         # Cast each chunk before joining: string chunks together may pass 2 GiB of characters.
         chunks = [c.cast(pa.large_string()) for c in values.chunks] or [pa.array([], pa.large_string())]
         return pa.concat_arrays(chunks) if len(chunks) > 1 else chunks[0]
@@ -89,7 +90,7 @@ class Texts(Sequence):
         """Index of the first row where the boolean Arrow array `mask` is true, else None."""
         import pyarrow.compute as pc
 
-        i = pc.index(mask, True).as_py()
+        i = pc.index(mask, True).as_py() if len(mask) else None
         return None if i is None or i < 0 else int(i)
 
     def first_null(self) -> int | None:

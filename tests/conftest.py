@@ -143,7 +143,7 @@ def pytest_runtest_makereport(item, call):
 # The slowest files first (seconds under `make test`'s workers, from `pytest --durations=0`): with
 # each worker taking one file at a time, a long file started last would leave the others idle.
 # test_quality is one 4-minute test: first.
-SLOWEST_FIRST = ["test_quality", "test_publish", "test_multiworker", "test_resume", "test_job", "test_retraining",
+SLOWEST_FIRST = ["test_quality", "test_quality_problems", "test_publish", "test_multiworker", "test_resume", "test_job", "test_retraining",
                  "test_serving", "test_dockerfile", "test_logs", "test_problem_types", "test_storage", "test_sweep",
                  "test_bench", "test_preemption_budget"]
 
