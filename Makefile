@@ -26,11 +26,12 @@ run: setup ## Offline demo: local GCS emulator, packaged MiniLM, our demo data, 
 # Three workers on 2 cores: most of a test's time is a job process importing or tracing on one
 # core, or waiting (on peers, signals, the emulator). Measured here: 41 min in one process, 20 min
 # with 2 workers, 18 min with 3 (pytest prints the time). A file stays on one worker (its module
-# fixtures are built once); the slowest files go first (tests/conftest.py).
+# fixtures are built once); the slowest files go first (tests/conftest.py's order: xdist would
+# otherwise reorder files by their number of tests, and the one-test real-model files ran last).
 TEST_WORKERS ?= 3
 
 test: setup ## Run the test suite (TEST_WORKERS=0: in this process, one test at a time)
-	$(PY) -m pytest -q -rsx $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) tests
+	$(PY) -m pytest -q -rsx $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) tests
 
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache work
