@@ -1,5 +1,6 @@
 """Data benchmark (`make bench-data`): the job's own data.load + features.encode on synthetic
-SST-2-like rows, rows/s per phase and peak RSS, one child process per size.
+SST-2-like rows, then the data report and one epoch's batch plan; rows/s per phase and peak RSS,
+one child process per size.
 
     python -m bench.data_bench --rows 1000000 10000000 --out bench/results/data-<time>.json
 
@@ -84,6 +85,18 @@ def measure(rows: int, work: Path, model: Path) -> dict:
     # under contention are slower than the code is).
     out["tokenize_cpu_seconds"] = round(_cpu() - c0, 2)
     out["tokens"] = int(enc.offsets[-1])
+    # What the run does next with every row: the data report (duplicates, overlap, lengths) and one
+    # epoch's batch plan; neither may bring back a Python object per row.
+    from job import datareport
+
+    t0 = time.perf_counter()
+    datareport.build(d, enc.lengths, 128, 128, 512)
+    out["report_seconds"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    batches = features.plan_batches(enc.lengths, 32, seed=1, epoch=0)
+    out["plan_seconds"] = round(time.perf_counter() - t0, 2)
+    out["batches"] = len(batches)
+    del batches
     out["peak_rss_mb"] = round(_rss_mb(), 1)
     out["peak_over_start_mb"] = round(out["peak_rss_mb"] - out["start_rss_mb"], 1)
     out["bytes_per_row_over_start"] = round(out["peak_over_start_mb"] * 2**20 / rows)

@@ -19,10 +19,11 @@ MARKER = re.compile(r"^<!-- generated: python -m bench\.data_table (\S+) -->\n(.
 
 def table(report: dict) -> str:
     head = ["Rows", "CSV MB", "read + validate s", "rows/s", "peak after read MB", "tokenize s", "rows/s",
-            "tokenize CPU s", "tokens", "peak RSS MB", "over start MB", "bytes/row"]
+            "tokenize CPU s", "tokens", "report + plan s", "peak RSS MB", "over start MB", "bytes/row"]
     rows = [[f"{r['rows']:,}", f"{r['file_mb']:.0f}", f"{r['load_seconds']:.1f}", f"{r['load_rows_per_second']:,}",
              f"{r['peak_rss_after_load_mb']:,.0f}", f"{r['tokenize_seconds']:.1f}", f"{r['tokenize_rows_per_second']:,}",
              f"{r['tokenize_cpu_seconds']:.1f}" if "tokenize_cpu_seconds" in r else "-", f"{r['tokens']:,}",
+             f"{r['report_seconds']:.1f} + {r['plan_seconds']:.1f}" if "report_seconds" in r else "-",
              f"{r['peak_rss_mb']:,.0f}", f"{r['peak_over_start_mb']:,.0f}", f"{r['bytes_per_row_over_start']:,}"]
             for r in report["results"]]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -30,7 +31,8 @@ def table(report: dict) -> str:
     cores = {r.get("cores") for r in report["results"]}
     lines += ["", f"Measured {report['measured_at']} UTC on {', '.join(map(str, sorted(cores)))} cores "
               "(shared with other work), `data.load` + `features.encode` at max_length 128 with the packaged "
-              "MiniLM tokenizer."]
+              "MiniLM tokenizer" + ("; then the data report and one epoch's batch plan (batch 32)"
+                                    if any("report_seconds" in r for r in report["results"]) else "") + "."]
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ AUTO_MULTIPLE = 8
 # Longest token count measured when the model states no limit.
 UNKNOWN_LIMIT_CAP = 512
 EXAMPLES = 3
+OVERLAP_CHUNK = 1 << 18  # train rows per value set when looking for validation rows in train
 # C0 controls other than tab, newline and carriage return (NUL never reaches here: data.py refuses it).
 _CONTROLS = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f]")
 
@@ -68,10 +69,20 @@ def _short(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def _overlap(train, val) -> dict:
+def _overlap(train, val, normalise: bool) -> dict:
+    """Validation rows whose text (normalised: lower case, runs of whitespace as one space) occurs in
+    train. Train is taken OVERLAP_CHUNK rows at a time: a value set of all of train (or a normalised
+    copy of it) would hold every character once more at 10 million rows."""
     import pyarrow.compute as pc
 
-    hit = pc.is_in(val, value_set=pc.unique(train)).to_numpy(zero_copy_only=False)
+    keys = _normalised(val) if normalise else val
+    hit = np.zeros(len(val), bool)
+    for begin in range(0, len(train), OVERLAP_CHUNK):
+        part = train.slice(begin, OVERLAP_CHUNK)
+        part = part.combine_chunks() if hasattr(part, "combine_chunks") else part
+        if normalise:
+            part = _normalised(part)
+        hit |= pc.is_in(keys, value_set=part).to_numpy(zero_copy_only=False)
     rows = np.flatnonzero(hit)
     return {"rows": int(len(rows)), "share": round(float(len(rows)) / max(len(val), 1), 6),
             "examples": [_short(val[int(i)].as_py()) for i in rows[:EXAMPLES]]}
@@ -99,7 +110,9 @@ def _with_controls(col) -> int:
 def _empty(col) -> int:
     import pyarrow.compute as pc
 
-    return int(pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)).as_py() or 0)
+    from job.texts import BLANK
+
+    return int(pc.sum(pc.match_substring_regex(col, BLANK)).as_py() or 0)
 
 
 def label_counts(data) -> np.ndarray:
@@ -128,7 +141,7 @@ def build(data, train_lengths: np.ndarray, max_length: int, requested: int | str
         "imbalance_ratio": round(float(present.max() / present.min()), 3) if len(present) else None,
         **({"targets": _targets(data.train.labels)} if data.problem == "regression" else {}),
         "duplicates_in_train": _duplicates(train),
-        "overlap": {"exact": _overlap(train, val), "normalised": _overlap(_normalised(train), _normalised(val))},
+        "overlap": {"exact": _overlap(train, val, False), "normalised": _overlap(train, val, True)},
         "empty_texts": {"train": _empty(train), "validation": _empty(val)},
         "control_character_texts": {"train": _with_controls(train), "validation": _with_controls(val)},
         "token_lengths": {**pct, "max": int(lengths.max()) if len(lengths) else 0,

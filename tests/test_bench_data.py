@@ -18,6 +18,7 @@ def test_data_bench_measures_every_phase_on_a_small_file(tmp_path):
     assert r["rows"] == 500 and r["tokens"] > 500 * 5
     assert r["load_rows_per_second"] > 0 and r["tokenize_rows_per_second"] > 0
     assert r["peak_rss_mb"] >= r["peak_rss_after_load_mb"] > 0
+    assert r["batches"] == 16 and r["report_seconds"] >= 0 and r["plan_seconds"] >= 0  # 500 rows, batch 32
     assert "| 500 |" in data_table.table({"measured_at": "x", "results": [r]})
 
 

@@ -118,3 +118,12 @@ def test_max_length_and_max_leakage_option_values(tmp_path):
         result = CliRunner().invoke(entrypoint.app, ["train", "--train", str(tmp_path / "t.csv"), "--model", "m",
                                                      "--output", str(tmp_path / "o"), flag, value])
         assert result.exit_code == ExitCode.BAD_INPUT and message in result.stderr, result.output
+
+
+def test_overlap_taken_in_train_chunks_equals_one_pass(monkeypatch):
+    train = ["a b", "x", "Great  Film", "y", "z", "q w"]
+    d = labelled(train, ["great film", "z", "new", "A B"], [0, 1] * 3, [0, 1, 0, 1])
+    whole = datareport.build(d, np.full(6, 3), 8, 8, None)["overlap"]
+    monkeypatch.setattr(datareport, "OVERLAP_CHUNK", 2)  # hits in the 2nd and 3rd chunks
+    chunked = datareport.build(d, np.full(6, 3), 8, 8, None)["overlap"]
+    assert chunked == whole and whole["exact"]["rows"] == 1 and whole["normalised"]["rows"] == 3
