@@ -25,7 +25,7 @@ run: setup ## Offline demo: local GCS emulator, packaged MiniLM, our demo data, 
 
 # Three workers on 2 cores: most of a test's time is a job process importing or tracing on one
 # core, or waiting (on peers, signals, the emulator). Measured here: 41 min in one process, 20 min
-# with 2 workers, 18 min with 3 (pytest prints the time). A file stays on one worker (its module
+# with 2 workers, 13 min with 3 once the slowest files went first (pytest prints the time). A file stays on one worker (its module
 # fixtures are built once); the slowest files go first (tests/conftest.py's order: xdist would
 # otherwise reorder files by their number of tests, and the one-test real-model files ran last).
 TEST_WORKERS ?= 3
