@@ -23,7 +23,7 @@ from job import formats, storage
 from job import labels as label_rules
 from job.config import DataConfig
 from job.errors import ConfigError, DataError
-from job.texts import Texts
+from job.texts import Texts, release_unused
 
 log = logging.getLogger(__name__)
 
@@ -453,6 +453,7 @@ def load(cfg: DataConfig, num_labels: int | None, seed: int, scratch: Path) -> L
     if kind == "single_label" and len(set(train.labels.tolist())) < 2:
         raise DataError("after carving validation and --max-train-examples, training holds a single class: "
                         "use more rows")
+    release_unused()
     return LabelledData(train, validation, names, source, sources, kind)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from job.data import Split
+from job.texts import release_unused
 
 # Rows per length-sorting window = this x batch size: larger pads less, smaller shuffles more.
 SORT_WINDOW_BATCHES = 50
@@ -75,6 +76,14 @@ def _flat(column, dtype) -> tuple[np.ndarray, np.ndarray]:
     return values, offsets
 
 
+def _single_text_segments(tokenizer, split: Split) -> bool:
+    """Whether single texts get segment ids other than 0. They come from the tokenizer's template
+    for one sequence, the same for every row (0 throughout for BERT; XLNet gives its final <cls>
+    a 2), so a few rows tell; otherwise they would be tokenized and stored for every row to find 0."""
+    probe = tokenizer(split.texts[:8].tolist() or ["x"], return_attention_mask=False, return_token_type_ids=True)
+    return any(any(ids) for ids in probe.get("token_type_ids", []))
+
+
 def encode(split: Split, tokenizer, max_length: int) -> Encoded:
     """Token ids of every row, unpadded, through `datasets.map(batched=True)` over the split's own
     Arrow texts (no copy into Python lists). Each chunk's ids leave as one Arrow list column of
@@ -91,7 +100,7 @@ def encode(split: Split, tokenizer, max_length: int) -> Encoded:
     columns = {"text": split.texts.arrow}
     if split.pairs is not None:
         columns["pair"] = split.pairs.arrow
-    segments = "token_type_ids" in names
+    segments = "token_type_ids" in names and (split.pairs is not None or _single_text_segments(tokenizer, split))
 
     def tokenize(batch):
         args = (batch["text"], batch["pair"]) if "pair" in batch else (batch["text"],)
@@ -128,10 +137,12 @@ def encode(split: Split, tokenizer, max_length: int) -> Encoded:
     for n in names:
         if n == "attention_mask":
             features[n] = 1
-        elif n == "token_type_ids" and not flat[n].any():
+        elif n == "token_type_ids" and (n not in flat or not flat[n].any()):
             features[n] = 0
         else:
             features[n] = flat[n]
+    del table
+    release_unused()  # the tokens' Arrow copy, now in numpy
     return Encoded(features, offsets, _targets(split.labels))
 
 

@@ -36,6 +36,15 @@ def _large(values):
     return pa.array(values if isinstance(values, list) else list(values), pa.large_string())
 
 
+def release_unused() -> None:
+    """Hand Arrow's freed memory back to the system. Its pool (mimalloc) keeps freed pages for
+    reuse, so the transient peak of reading (the CSV parser's buffers, the carve's copies) would
+    otherwise stay resident under everything that follows: tokenization, the model, training."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
 class Texts(Sequence):
     """Read-only sequence of str over one Arrow large_string array (`.arrow`)."""
 
