@@ -34,11 +34,10 @@ SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validat
 _INT = re.compile(r"^[+-]?\d+$")
 # A label string that is a number: 1, 01, +1, 1.0, 1., .5, 1e3 (not hex, not inf/nan: those stay names).
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-# Only NUL is refused in texts: no text file holds one, so it means a binary file or a wrong encoding
-# (UTF-16 read as UTF-8 is half NULs). Other C0 controls occur in real data (GLUE STS-B's train.tsv
-# holds a U+0012) and are kept: BERT-style tokenizers drop them, as serving does; the data report
-# counts the rows holding them.
-_CONTROL = re.compile(r"\x00")
+# Only NUL is refused in texts (Texts.first_nul): no text file holds one, so it means a binary file
+# or a wrong encoding (UTF-16 read as UTF-8 is half NULs). Other C0 controls occur in real data
+# (GLUE STS-B's train.tsv holds a U+0012) and are kept: BERT-style tokenizers drop them, as serving
+# does; the data report counts the rows holding them.
 
 
 @dataclass(frozen=True)
@@ -168,23 +167,6 @@ class _Source:
         return found if found is not None else simple
 
 
-def _first_control(values: list[str]) -> tuple[int, int] | None:
-    """(row index, character index) of the first NUL, or None.
-
-    One regex search over each joined chunk of rows keeps this at C speed for millions of rows;
-    rows are searched one by one only inside a chunk known to hold a hit.
-    """
-    step = 1 << 15
-    for begin in range(0, len(values), step):
-        chunk = values[begin:begin + step]
-        if _CONTROL.search("".join(chunk)):
-            for i, v in enumerate(chunk):
-                m = _CONTROL.search(v)
-                if m:
-                    return begin + i, m.start()
-    return None
-
-
 def _arrow_strings(col: pd.Series):
     """The column as an Arrow string array when it is one (CSV/TSV, Parquet and Arrow string
     columns are read Arrow-backed: job/formats.py), else None."""
@@ -206,7 +188,6 @@ def _texts(col: pd.Series, flag: str, src: _Source) -> Texts:
             if i is not None:
                 raise DataError(f"{src.shown} row {src.row(i)}: {what} value in the {what_column} column; "
                                 "remove or fill such rows")
-        hit = out.first_nul()
     else:
         values = col.tolist()
         for i, v in enumerate(values):
@@ -215,8 +196,8 @@ def _texts(col: pd.Series, flag: str, src: _Source) -> Texts:
                     ("not text" if not isinstance(v, str) else "empty")
                 raise DataError(f"{src.shown} row {src.row(i)}: {what} value in the {what_column} column; "
                                 "remove or fill such rows")
-        hit = _first_control(values)
         out = Texts(values)
+    hit = out.first_nul()
     if hit is not None:
         i, at = hit
         raise DataError(f"{src.shown} row {src.row(i)}: the {what_column} column holds a NUL byte (U+0000) at "

@@ -12,6 +12,7 @@ from conftest import run_job
 from job import data
 from job.config import DataConfig
 from job.errors import ConfigError, DataError, ExitCode
+from job.texts import Texts
 
 
 def load(tmp_path, num_labels=None, **kw) -> data.LabelledData:
@@ -398,9 +399,9 @@ def test_tab_newline_and_carriage_return_are_kept(tmp_path):
 
 def test_control_character_found_past_the_first_chunk(tmp_path):
     rows = [f"row {i}" for i in range(100_000)]
-    assert data._first_control(rows) is None
+    assert Texts(rows).first_nul() is None
     rows[70_001] = "row\x00 70001"
-    assert data._first_control(rows) == (70_001, 3)
+    assert Texts(rows).first_nul() == (70_001, 3)
     path = write(tmp_path / "big.csv", "text,label\n" + "".join(f"{t},{i % 2}\n" for i, t in enumerate(rows)))
     with pytest.raises(DataError, match=r"big\.csv row 70003: the text column holds a NUL byte \(U\+0000\)"):
         load(tmp_path, train=str(path))
