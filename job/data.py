@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import decimal
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -76,10 +77,11 @@ class LabelledData:
         """A hash of a split's content, so runs can tell whether they were scored on the same data."""
         s = getattr(self, split)
         h = hashlib.sha256()
-        for i in range(len(s)):
-            pair = s.pairs[i] if s.pairs is not None else ""
-            target = label_rules.key(self.problem, s.labels[i], self.label_names)
-            h.update(f"{s.texts[i]}\x1f{pair}\x1f{target}\x1e".encode())
+        # Iterated, not indexed: Texts yields a chunk of rows at a time, an index costs an Arrow lookup.
+        pairs = iter(s.pairs) if s.pairs is not None else itertools.repeat("")
+        for text, pair, label in zip(s.texts, pairs, s.labels):
+            target = label_rules.key(self.problem, label, self.label_names)
+            h.update(f"{text}\x1f{pair}\x1f{target}\x1e".encode())
         return h.hexdigest()[:16]
 
 
