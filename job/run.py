@@ -134,6 +134,7 @@ def _run(cfg: JobConfig, preemption: training.Preemption, hooks: Hooks) -> dict 
         return earlier
     with workspace(cfg) as scratch:
         inputs = load_inputs(cfg, scratch, timer)
+        preemption.check()
         finished = trained_earlier(cfg, identity, inputs)
         runtime = build_runtime(cfg, inputs, finished)
         if finished is not None and not runtime.topology.is_chief:
@@ -141,10 +142,12 @@ def _run(cfg: JobConfig, preemption: training.Preemption, hooks: Hooks) -> dict 
                      runtime.topology.worker_index)
             return None
         feats = tokenize(cfg, inputs, timer)
+        preemption.check()
         cfg, data_report = report_data(cfg, inputs, feats)
         if hooks.pad_multiple:
             feats.pad_multiple = hooks.pad_multiple
         model, precision = build_model(cfg, inputs, runtime, timer)
+        preemption.check()
         staging = scratch / "staging"
         staging.mkdir()
         board = tblog.TensorBoardLogger(staging / TENSORBOARD)

@@ -234,6 +234,17 @@ class Preemption:
         if not self.deferred:
             raise Preempted(self.MESSAGE)
 
+    def check(self) -> None:
+        """Raise now if a SIGTERM arrived whose exception never reached the job's top level.
+
+        The handler raises wherever the main thread is, and some places drop what is raised there:
+        a finalizer (`__del__`, a weakref callback: "Exception ignored in ..."), a C extension that
+        clears the error it got back from a Python callback. Seen in CI: a SIGTERM 0.2 s into data
+        loading was lost, and the job stopped only after its first training step. The flag is set
+        either way, so the run looks at it between phases and before training starts."""
+        if self.requested.is_set() and not self.deferred:
+            raise Preempted(self.MESSAGE)
+
     @contextlib.contextmanager
     def installed(self):
         if threading.current_thread() is not threading.main_thread():
@@ -330,6 +341,7 @@ def fit(model, make_train_ds, validation, cfg: TrainConfig, steps_per_epoch: int
     if selection is not None and selection.should_stop():
         legs = []  # stopped early before the last attempt was interrupted: nothing left to train
     if preemption is not None:
+        preemption.check()  # a SIGTERM before training: nothing to save, stop before the first step
         preemption.deferred = True
     try:
         for first, last, steps, skip_batches in legs:

@@ -95,9 +95,9 @@ def test_sigterm_before_training_stops_at_once_with_retry(marker, delay, tiny_ch
     checkpoint (there is no training state to save) and nothing published. Sent `delay` s after the
     log line that starts loading the data (0.8 s of loading follow it), or after the one just before
     the model is built (about 0.3 s before training starts). Measured: 0.02-0.8 s from the signal
-    to the exit, 16/16 runs right. Not at the very instant of a log line: a SIGTERM that lands while
-    a log record is being written is swallowed by logging (a known bug, tests/test_signals.py), and
-    the job then stops only after its first training step (about half the runs sent at once)."""
+    to the exit, 16/16 runs right. A SIGTERM whose exception is lost where it lands (in a finalizer,
+    say: CI once saw the job go on to its first training step and save a checkpoint) still stops the
+    run at the next phase boundary, before training (Preemption.check, tests/test_signals.py)."""
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     args = ["--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]), "--output", str(out),
             "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", "--epochs", "5", *ARGS]
