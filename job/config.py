@@ -20,6 +20,7 @@ from job.errors import ConfigError
 DATA_FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "parquet", "arrow")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 JIT_COMPILE = ("auto", "on", "off")
+EMBEDDING_UPDATES = ("dense", "lazy", "frozen")
 # Promotion metrics and their direction: +1 higher is better, -1 lower is better.
 PROMOTION_METRICS = {"accuracy": +1, "macro_f1": +1, "loss": -1, "micro_f1": +1, "pearson": +1, "spearman": +1,
                      "mse": -1}
@@ -99,6 +100,9 @@ class TrainConfig:
     # Optimizer steps per call into the compiled step: >1 saves host round trips on fast GPUs;
     # callbacks (progress, NaN check, checkpoints) then run every this many steps.
     steps_per_execution: int = 1
+    # How the input embedding tables learn: dense (AdamW on every row, every step), lazy (only the
+    # rows the batch used: their moments, step and decay) or frozen (kept as pretrained).
+    embedding_updates: str = "dense"
     # The epoch whose weights are published: best validation METRIC (loss, accuracy, macro_f1,
     # micro_f1, pearson, spearman, mse), or "last". Empty: the promotion metric when given, else loss.
     select_best: str = ""
@@ -216,6 +220,8 @@ def validate(cfg: JobConfig) -> None:
     _positive("steps-per-execution", t.steps_per_execution)
     if t.precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    if t.embedding_updates not in EMBEDDING_UPDATES:
+        raise ConfigError(f"--embedding-updates must be one of {', '.join(EMBEDDING_UPDATES)}, got {t.embedding_updates!r}")
     if t.jit_compile not in JIT_COMPILE:
         raise ConfigError(f"--jit-compile must be one of {', '.join(JIT_COMPILE)}, got {t.jit_compile!r}")
     if isinstance(t.seed, bool) or not isinstance(t.seed, int) or not 0 <= t.seed < 2**32:
