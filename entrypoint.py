@@ -96,7 +96,7 @@ def train(
     precision: Annotated[str, _opt("FT_PRECISION", "auto (bf16 on GPUs of compute capability 8.0+, fp16 with loss scaling on 7.x, else fp32; on CPU bf16 with AVX512-BF16/AMX, else fp32), fp32, bf16 or fp16; head, logits and loss stay float32.", TRAIN)] = TrainConfig.precision,
     jit_compile: Annotated[str, _opt("FT_JIT_COMPILE", "XLA-compile the train step: auto (on with GPUs), on or off.", TRAIN)] = TrainConfig.jit_compile,
     steps_per_execution: Annotated[int, _opt("FT_STEPS_PER_EXECUTION", "Optimizer steps per call into the compiled step (callbacks run every N steps).", TRAIN)] = TrainConfig.steps_per_execution,
-    embedding_updates: Annotated[str, _opt("FT_EMBEDDING_UPDATES", "How the input embeddings learn: dense (every row, every step), lazy (only the rows a batch used) or frozen.", TRAIN)] = TrainConfig.embedding_updates,
+    embedding_updates: Annotated[str, _opt("FT_EMBEDDING_UPDATES", "How the input embeddings learn: dense (every row, every step) or frozen (kept as pretrained).", TRAIN)] = TrainConfig.embedding_updates,
     select_best: Annotated[str, _opt("FT_SELECT_BEST", "Publish the epoch with the best validation METRIC (loss, accuracy, macro_f1, micro_f1, pearson, spearman, mse) or 'last'; default: the promotion metric, else loss.", TRAIN)] = TrainConfig.select_best,
     early_stopping_patience: Annotated[int, _opt("FT_EARLY_STOPPING_PATIENCE", "Stop after N epochs without improvement of the --select-best metric; 0: off.", TRAIN)] = TrainConfig.early_stopping_patience,
     early_stopping_min_delta: Annotated[float, _opt("FT_EARLY_STOPPING_MIN_DELTA", "Smallest change that counts as an improvement.", TRAIN)] = TrainConfig.early_stopping_min_delta,

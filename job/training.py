@@ -129,7 +129,11 @@ class WarmupLinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
 
 
 class LazyRowsAdamW(tf.keras.optimizers.AdamW):
-    """AdamW that moves only the rows of a looked-up table that the batch used (`--embedding-updates lazy`).
+    """AdamW that moves only the rows of a looked-up table that the batch used.
+
+    Not offered as an option yet: on SST-2 (8,000 rows, MiniLM, bf16) it trained the epoch in 125 s
+    against dense AdamW's 190 s at dev accuracy 0.8475 vs 0.8509, but the run's SavedModel export
+    then failed (its variables file missing): to be found before it becomes `--embedding-updates lazy`.
 
     A table read with a gather (the word, position and segment embeddings) gets its gradient as
     IndexedSlices: a few hundred rows of the 30k-row word table. Keras' AdamW still decays every
@@ -174,8 +178,8 @@ class LazyRowsAdamW(tf.keras.optimizers.AdamW):
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> tf.keras.optimizers.Optimizer:
     warmup = int(math.floor(total_steps * cfg.warmup_ratio))
     schedule = WarmupLinearDecay(cfg.learning_rate, warmup, total_steps)
-    adamw = LazyRowsAdamW if cfg.embedding_updates == "lazy" else tf.keras.optimizers.AdamW
-    opt = adamw(learning_rate=schedule, weight_decay=cfg.weight_decay, epsilon=1e-8, clipnorm=None)
+    opt = tf.keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay,
+                                    epsilon=1e-8, clipnorm=None)
     # Decaying biases and LayerNorm scales hurts fine-tuning (BERT's original recipe skips them).
     opt.exclude_from_weight_decay(var_names=list(NO_DECAY))
     return opt

@@ -97,7 +97,7 @@ def test_defaults_on_cpu_are_native_precision_without_xla_and_exact_padding():
 @pytest.mark.parametrize("field,value,flag", [("precision", "fp8", "--precision"),
                                               ("jit_compile", "yes", "--jit-compile"),
                                               ("steps_per_execution", 0, "--steps-per-execution"),
-                                              ("embedding_updates", "sparse", "--embedding-updates")])
+                                              ("embedding_updates", "lazy", "--embedding-updates")])
 def test_invalid_lever_settings_are_rejected(field, value, flag):
     with pytest.raises(ConfigError, match=flag):
         JobConfig(DataConfig(data="d"), ModelConfig(model="m"), TrainConfig(**{field: value}), OutputConfig(output="o"))
