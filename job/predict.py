@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from job import export, features, logs, problem
+from job import export, features, logs, problem, storage
 from job.errors import ConfigError, DataError, ModelError
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def load_predictor(model_dir: Path, max_length: int | None = None) -> Predictor:
             import tensorflow_text  # noqa: F401  (registers the in-graph tokenizer's ops before loading)
         except ImportError:
             pass
-        signatures = tf.saved_model.load(str(saved)).signatures
+        with storage.tf_readable(saved) as readable:  # (everything is in memory once loaded)
+            signatures = tf.saved_model.load(str(readable)).signatures
         serve = signatures.get("serve_token_ids") or signatures["serving_default"]
         text_fn = None
         default = signatures["serving_default"]

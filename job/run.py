@@ -45,7 +45,9 @@ def workspace(cfg: JobConfig):
     else:
         scratch = Path(tempfile.mkdtemp(prefix="finetune-job-"))
     try:
-        yield scratch
+        # Checkpoints and the SavedModel are read back from here: through a link if the name has wildcards.
+        with storage.tf_readable(scratch) as usable:
+            yield usable
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import glob
 import hashlib
 import logging
 import math
 import os
 import random
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -56,6 +58,32 @@ def safe_local_path(root: Path, relative: str) -> Path:
     if not path.is_relative_to(root.resolve()):
         raise DataError(f"refusing object name {relative!r}: it points outside the destination folder")
     return path
+
+
+@contextlib.contextmanager
+def tf_readable(path: Path) -> Iterator[Path]:
+    """`path`, or a glob-free symlink to it, for TensorFlow to read checkpoints and SavedModels from.
+
+    TensorFlow opens checkpoint and SavedModel variables through a file *pattern*: in a folder such
+    as `runs[2]` or `exp*`, `[`, `*` and `?` are wildcards, so what was saved there is "not found" on
+    reading (resume, the export's check, predict), and escaping them breaks its literal reads. Such a
+    folder is reached through a link in the temp folder instead; the link is removed afterwards."""
+    path = Path(path)
+    if not glob.has_magic(str(path)):
+        yield path
+        return
+    base = tempfile.gettempdir()
+    if glob.has_magic(base):
+        raise ConfigError(f"{path} and the temp folder {base} both contain one of * ? [, which TensorFlow reads as "
+                          "wildcards: choose a folder without them (or set TMPDIR to one)")
+    holder = Path(tempfile.mkdtemp(prefix="finetune-job-link-", dir=base))
+    link = holder / "dir"
+    try:
+        link.symlink_to(path.resolve(), target_is_directory=True)
+        yield link
+    finally:
+        link.unlink(missing_ok=True)
+        holder.rmdir()
 
 
 # --------------------------------------------------------------------------------------------

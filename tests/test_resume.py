@@ -212,3 +212,39 @@ def test_checkpoint_from_other_settings_is_refused(tiny_checkpoints, toy_data, t
                     str(tmp_path / "out"), "--checkpoint-dir", str(ckpt), "--epochs", "1", *ARGS])
     assert proc.returncode == ExitCode.BAD_INPUT
     assert "was made with other settings or data" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_wildcard_folder_names_resume_publish_and_predict(tiny_checkpoints, toy_data, tmp_path):
+    """TensorFlow reads checkpoint and SavedModel variables through a file pattern, so in a folder
+    named like `runs[2]` what it saved was "not found" when read back (this broke a benchmark run
+    at export). Work dir, checkpoints and output all below such names: the run checkpoints, resumes
+    after SIGTERM, exports (the export reads its SavedModel back) and predicts from the output."""
+    base = tmp_path / "exp[2]*?"
+    out, ckpt, work = base / "out[1]", base / "ckpt[a-z]", base / "work*"
+    args = ["--data", str(toy_data), "--model", str(tiny_checkpoints["tf"]), "--output", str(out),
+            "--checkpoint-dir", str(ckpt), "--work-dir", str(work), "--checkpoint-every", "10", "--epochs", "30",
+            *ARGS]
+    proc = start(args, tmp_path / "first.log")
+    wait_for_step(ckpt / "state.json", 20, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == ExitCode.RETRY, (tmp_path / "first.log").read_text()[-2000:]
+    saved = json.loads((ckpt / "state.json").read_text())["step"]
+
+    second = start(args, tmp_path / "second.log")
+    log = (tmp_path / "second.log").read_text
+    assert second.wait(timeout=300) == 0, log()[-3000:]
+    assert f"resuming from step {saved}" in log()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["final_evaluation"]["accuracy"] >= 0.9
+    assert metrics["outputs"]["text_signatures"] is True, metrics["outputs"]  # read back and compared
+    assert list(work.iterdir()) == [], "the run's scratch is removed"
+
+    rows = tmp_path / "rows.csv"
+    rows.write_text("text\ngreat wonderful film\nterrible boring film\n")
+    predictions = base / "pred[1].jsonl"
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "entrypoint.py"), "predict", "--model", str(out),
+                           "--data", str(rows), "--output", str(predictions)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(predictions.read_text().splitlines()) == 2

@@ -8,6 +8,7 @@ refusal of object names that escape the destination, and one whole job through a
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -440,3 +441,23 @@ def test_bucket_to_bucket_job_through_20_percent_faults(gcs, bucket, proxy, tiny
     for f in manifest["files"]:
         data = blobs[f"runs/r1/{f['path']}"].download_as_bytes()
         assert len(data) == f["size"] and hashlib.sha256(data).hexdigest() == f["sha256"], f["path"]
+
+
+def test_tf_readable_links_wildcard_folders_and_refuses_when_the_temp_folder_has_them_too(tmp_path, monkeypatch):
+    import tempfile
+
+    plain = tmp_path / "plain"
+    with storage.tf_readable(plain) as p:
+        assert p == plain
+    odd = tmp_path / "runs[2]"
+    odd.mkdir()
+    (odd / "f").write_text("x")
+    with storage.tf_readable(odd) as p:
+        assert not glob.has_magic(str(p)) and (p / "f").read_text() == "x"
+        link = p
+    assert not link.exists() and not link.parent.exists(), "the link and its folder are removed"
+    assert (odd / "f").read_text() == "x"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp*"))
+    with pytest.raises(ConfigError, match="TMPDIR"):
+        with storage.tf_readable(odd):
+            pass
