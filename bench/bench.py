@@ -21,6 +21,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -301,7 +302,9 @@ def main(argv=None) -> int:
         order = a.runs[r % len(a.runs):] + a.runs[:r % len(a.runs)]  # rotate: nobody always goes first
         for label, key, extra in order:
             run_dir = work / f"{label}-r{r}"
-            run_dir.mkdir(parents=True, exist_ok=True)
+            # The bench's own folder: a previous invocation's checkpoints would make the job resume.
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
             args = contender_args(a, train, dev, run_dir) + [f"--job-arg={x}" for x in extra]
             t0 = time.perf_counter()
             res = run_process(pythons[key], CONTENDERS[key], args, work / f"{label}-r{r}.log", a.timeout)
